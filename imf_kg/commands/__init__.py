@@ -1,0 +1,1 @@
+"""Sub-commands of ``imf-kg``: one module each with ``add_parser(subparsers)``."""
