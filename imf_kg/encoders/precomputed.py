@@ -1,0 +1,167 @@
+"""Precomputed feature matrices: load, validate, save; and the published IMF code's fixed 256-d pooling.
+
+Formats (rows in entity/node id order):
+- ``.npy``: a 2-D array (HGNN-IMA's ``*.npz.npy`` files too);
+- ``.npz``: the array under ``key``, else under ``feature`` (HGNN-IMA), else the only array; a scipy sparse
+  matrix saved with ``scipy.sparse.save_npz`` (MAGNN's ``features_*.npz``) is made dense;
+- ``.pt`` / ``.pth``: a tensor, or a dict with ``values`` (and optional ``mask``, ``source``) as written by
+  :func:`save_feature_matrix`;
+- ``.pkl`` / ``.pickle``: a pickled numpy array, as the reference ``img_features.pkl`` (N, 4096) and
+  ``text_features.pkl`` (N, 768). Unpickling is restricted to numpy arrays, so a pickle cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imf_kg.encoders.modality import EncodedModality
+from imf_kg.errors import DataFormatError, ToolkitError
+from imf_kg.io import atomic_torch_save, atomic_write_bytes
+
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol-2 pickles store raw bytes as latin-1 text
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_ALLOWED or (module.startswith(("numpy.dtypes",)) and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
+
+
+def _read_array(path: Path, key: str | None):
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.keys())
+            if {"format", "shape", "indptr"} <= set(names):  # scipy.sparse.save_npz
+                import scipy.sparse
+
+                return scipy.sparse.load_npz(path).toarray()
+            chosen = key if key is not None else ("feature" if "feature" in names else None)
+            if chosen is None and len(names) == 1:
+                chosen = names[0]
+            if chosen not in names:
+                raise DataFormatError(path, None, f"arrays {names}", f"an array named {key or 'feature'!r}")
+            return archive[chosen]
+    if suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            if key is None and "values" not in obj and len(obj) == 1:
+                key = next(iter(obj))
+            values = obj.get(key or "values")
+            if not isinstance(values, torch.Tensor):
+                raise DataFormatError(path, None, f"a dict with keys {sorted(obj)}",
+                                      f"a tensor under {key or 'values'!r}")
+            return values, obj.get("mask"), obj.get("source")
+        return obj
+    if suffix in (".pkl", ".pickle"):
+        with open(path, "rb") as handle:
+            return _NumpyOnlyUnpickler(handle, encoding="latin1").load()
+    raise DataFormatError(path, None, f"suffix {suffix!r}", "one of .npy, .npz, .pt, .pth, .pkl, .pickle")
+
+
+def load_feature_matrix(path: str | Path, num_rows: int | None = None, dim: int | None = None,
+                        key: str | None = None, zero_rows_missing: bool = True) -> EncodedModality:
+    """Load and validate a ``(num_rows, dim)`` feature matrix.
+
+    Args:
+        path: the file (format from the suffix, see the module docstring).
+        num_rows: expected number of rows (entities / nodes); checked when given.
+        dim: expected width; checked when given.
+        key: array name inside a ``.npz`` or dict inside a ``.pt``.
+        zero_rows_missing: when the file carries no mask, all-zero rows count as missing (mask False).
+
+    Raises:
+        DataFormatError: unreadable file, not 2-D, wrong shape, or a NaN/inf value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: no such feature file")
+    try:
+        loaded = _read_array(path, key)
+    except DataFormatError:
+        raise
+    except Exception as err:  # numpy/torch/pickle raise many types for damaged files
+        raise DataFormatError(path, None, f"an unreadable file ({type(err).__name__}: {err})",
+                              "a feature matrix in the format its suffix names") from err
+    mask, source = None, None
+    if isinstance(loaded, tuple):
+        loaded, mask, source = loaded
+    if isinstance(loaded, torch.Tensor):
+        loaded = loaded.detach().cpu().numpy()
+    if not isinstance(loaded, np.ndarray) or not np.issubdtype(loaded.dtype, np.number):
+        raise DataFormatError(path, None, f"a {type(loaded).__name__}", "a numeric array")
+    values = loaded.astype(np.float32, copy=False)
+    if values.ndim != 2:
+        raise DataFormatError(path, None, f"an array of shape {tuple(values.shape)}", "a 2-D matrix (rows, dim)")
+    if num_rows is not None and values.shape[0] != num_rows:
+        raise DataFormatError(path, None, f"{values.shape[0]} rows", f"{num_rows} rows (one per entity/node)")
+    if dim is not None and values.shape[1] != dim:
+        raise DataFormatError(path, None, f"width {values.shape[1]}", f"width {dim}")
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise DataFormatError(path, None, f"NaN or inf in row {bad} ({int((~finite).sum())} rows in all)",
+                              "finite values")
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if mask.shape[0] != values.shape[0]:
+            raise DataFormatError(path, None, f"a mask of {mask.shape[0]} rows", f"{values.shape[0]} rows")
+    elif zero_rows_missing:
+        mask = torch.from_numpy(np.any(values != 0, axis=1))
+    else:
+        mask = torch.ones(values.shape[0], dtype=torch.bool)
+    return EncodedModality(values=np.ascontiguousarray(values), mask=mask, model=source or str(path),
+                           details={"file": str(path)})
+
+
+def save_feature_matrix(path: str | Path, encoded: EncodedModality) -> Path:
+    """Write atomically: ``.pt`` keeps values, mask and source; ``.npy`` keeps values only."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, encoded.values.numpy(), allow_pickle=False)
+        return atomic_write_bytes(path, buffer.getvalue())
+    if path.suffix in (".pt", ".pth"):
+        return atomic_torch_save(path, encoded.state())
+    raise ToolkitError(f"{path}: cannot save features with suffix {path.suffix!r}; use .pt or .npy")
+
+
+def reference_pool(values: torch.Tensor | np.ndarray, normalize: bool = False) -> torch.Tensor:
+    """The published IMF code's fixed reduction of raw features to 256-d (IMF_SPEC section 3).
+
+    - ``(N, 4096)`` (VGG16 fc7): viewed as a 64x64 grid, 4x4 average pool with stride 4 -> 16x16 = 256; each
+      output averages 4 consecutive coordinates in 4 rows 64 apart.
+    - ``(N, 768)`` (BERT pooled): viewed as 12x64, adaptive average pool to 4x64 -> 256; output row i averages
+      input rows 3i, 3i+1, 3i+2.
+
+    ``normalize=True`` first L2-normalises each row, as the reference ``main.py`` does on loading. This pooling
+    mixes unrelated channels; it exists only to reproduce the published-code variant.
+
+    Returns:
+        ``(N, 256)`` float32 tensor.
+    """
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if values.ndim != 2 or values.shape[1] not in (4096, 768):
+        raise ToolkitError(f"reference_pool takes (N, 4096) image or (N, 768) text features, got {tuple(values.shape)}")
+    if normalize:
+        values = F.normalize(values, p=2, dim=1)
+    if values.shape[1] == 4096:
+        pooled = F.avg_pool2d(values.view(-1, 1, 64, 64), kernel_size=4, stride=4)
+    else:
+        pooled = F.adaptive_avg_pool2d(values.view(-1, 1, 12, 64), output_size=(4, 64))
+    return pooled.reshape(values.shape[0], 256)
