@@ -1,0 +1,347 @@
+"""YAML configs mapped onto nested dataclasses, with ``--set a.b=value`` overrides.
+
+A schema is a dataclass whose fields are ``int``, ``float``, ``bool``, ``str``, ``Path``, ``Literal[...]``,
+``Optional[...]`` / ``X | None``, ``list[...]``, ``tuple[...]``, ``dict[str, ...]``, ``Any``, enums, or
+further dataclasses (sections). Loading checks every key against the schema: an unknown key, a missing
+required key, a value of the wrong type or a value refused by the schema's ``__post_init__`` raises
+:class:`~imf_kg.errors.ConfigError` with one line naming the file, the line, the key path and what was
+expected, e.g. ``configs/imf/umls.yaml:7: train.epochs: expected an integer, found string 'ten'``.
+
+Conversions are strict (an integer field refuses ``2.5`` and ``"2"``; a string field refuses ``7``), with
+two exceptions: an integer is accepted for a float field, and a string that spells a number is accepted for
+a float field, because PyYAML reads ``1e-3`` (no dot) as a string.
+
+Round trip: ``load_config(save_config(cfg, path), type(cfg)) == cfg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from imf_kg.errors import ConfigError
+from imf_kg.io import atomic_write_text
+
+T = TypeVar("T")
+KeyPath = tuple  # of str (mapping keys) and int (list positions)
+
+
+# ------------------------------------------------------------------------------------------------ public
+def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()) -> T:
+    """Read the YAML file ``path`` into an instance of the dataclass ``schema``, then apply ``overrides``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; expected a YAML file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({err.problem or err.context}); expected a YAML mapping") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err}); expected a YAML mapping") from None
+    lines = _key_lines(node, str(path)) if node is not None else {}
+    instance = config_from_dict({} if data is None else data, schema, source=str(path), lines=lines)
+    return apply_overrides(instance, overrides)
+
+
+def config_from_dict(data: Any, schema: type[T], source: str = "<config>", lines: dict | None = None) -> T:
+    """Check ``data`` (parsed YAML) against ``schema`` and build the instance; ``source`` names it in errors."""
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"schema must be a dataclass type, not {schema!r}")
+    return _Converter(source, lines or {}).convert(data, schema, ())
+
+
+def apply_overrides(instance: T, overrides: Iterable[str]) -> T:
+    """A copy of ``instance`` with each ``"a.b.c=value"`` applied in order (``instance`` is left unchanged).
+
+    Values are parsed as YAML (``dim=64`` is an integer, ``name=tucker`` a string, ``dims=[1, 2]`` a list,
+    ``patience=null`` ``None``); list items are addressed by position (``layers.0=8``). The result is
+    checked against the schema exactly like a file, so an unknown key or a wrong type raises
+    :class:`ConfigError` naming the override.
+    """
+    schema = type(instance)
+    for override in overrides:
+        keys, value = parse_override(override)
+        data = config_to_dict(instance)
+        _set_path(data, keys, value, override)
+        instance = config_from_dict(data, schema, source=f"--set {override}")
+    return instance
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``"train.epochs=5"`` -> ``(["train", "epochs"], 5)``; digits address list items."""
+    key, sep, raw = str(text).partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"--set {text}: expected key.path=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({err.__class__.__name__})") from None
+    return [int(p) if p.strip().isdigit() else p.strip() for p in parts], value
+
+
+def config_to_dict(instance: Any) -> Any:
+    """Plain YAML-safe data (dicts, lists, str, numbers, bools, None) from a config instance."""
+    if dataclasses.is_dataclass(instance) and not isinstance(instance, type):
+        return {f.name: config_to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance) if f.init}
+    if isinstance(instance, enum.Enum):
+        return config_to_dict(instance.value)
+    if isinstance(instance, PurePath):
+        return str(instance)
+    if isinstance(instance, Mapping):
+        return {str(k): config_to_dict(v) for k, v in instance.items()}
+    if isinstance(instance, (list, tuple)):
+        return [config_to_dict(v) for v in instance]
+    return instance
+
+
+def save_config(instance: Any, path: str | Path) -> Path:
+    """Write ``instance`` as YAML atomically, keys in schema order."""
+    text = yaml.safe_dump(config_to_dict(instance), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return atomic_write_text(path, text)
+
+
+# --------------------------------------------------------------------------------------------- internals
+class _Converter:
+    """Converts parsed YAML to schema types; knows the source name and the line of each key for errors."""
+
+    def __init__(self, source: str, lines: dict[KeyPath, int]):
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: KeyPath, message: str) -> ConfigError:
+        line = self._line_of(path)
+        where = f"{self.source}:{line}" if line else self.source
+        error = ConfigError(f"{where}: {_dotted(path) or '(top level)'}: {message}")
+        error.key_path = path
+        return error
+
+    def _line_of(self, path: KeyPath) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def wrong(self, path: KeyPath, tp: Any, value: Any) -> ConfigError:
+        return self.fail(path, f"expected {_describe_type(tp)}, found {_describe_value(value)}")
+
+    def convert(self, value: Any, tp: Any, path: KeyPath) -> Any:
+        if tp is Any or tp is object:
+            return value
+        origin, args = get_origin(tp), get_args(tp)
+        if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+            members = [a for a in args if a is not type(None)]
+            if value is None and len(members) < len(args):
+                return None
+            if len(members) == 1:  # Optional[X]: keep X's error when it is about a key deeper inside
+                try:
+                    return self.convert(value, members[0], path)
+                except ConfigError as err:
+                    if getattr(err, "key_path", None) == path and not dataclasses.is_dataclass(members[0]):
+                        raise self.wrong(path, tp, value) from None
+                    raise
+            for member in members:
+                try:
+                    return self.convert(value, member, path)
+                except ConfigError:
+                    continue
+            raise self.wrong(path, tp, value)
+        if tp is type(None):
+            if value is None:
+                return None
+            raise self.wrong(path, tp, value)
+        if origin is Literal:
+            if any(type(value) is type(a) and value == a for a in args):
+                return value
+            raise self.wrong(path, tp, value)
+        if dataclasses.is_dataclass(tp):
+            return self._dataclass(value, tp, path)
+        if value is None:
+            raise self.wrong(path, tp, value)
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            raise self.wrong(path, tp, value)
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise self.wrong(path, tp, value)
+        if tp is float:
+            return self._float(value, tp, path)
+        if tp is str:
+            if isinstance(value, str):
+                return value
+            raise self.wrong(path, tp, value)
+        if isinstance(tp, type) and issubclass(tp, PurePath):
+            if isinstance(value, (str, PurePath)):
+                return tp(value)
+            raise self.wrong(path, tp, value)
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            for member in tp:
+                if value == member.value or value == member.name or value is member:
+                    return member
+            raise self.wrong(path, tp, value)
+        if tp in (list, tuple, dict):  # bare containers: items unchecked
+            origin, args = tp, ()
+        if origin in (list, Sequence, typing.Sequence, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise self.wrong(path, tp, value)
+            if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+                if len(value) != len(args):
+                    raise self.fail(path, f"expected {_describe_type(tp)}, found a list of {len(value)} items")
+                return tuple(self.convert(v, a, path + (i,)) for i, (v, a) in enumerate(zip(value, args)))
+            item_type = args[0] if args else Any
+            items = [self.convert(v, item_type, path + (i,)) for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+        if origin in (dict, Mapping, typing.Mapping):
+            if not isinstance(value, Mapping):
+                raise self.wrong(path, tp, value)
+            key_type, value_type = args if args else (Any, Any)
+            return {
+                self.convert(k, key_type, path + (str(k),)): self.convert(v, value_type, path + (str(k),))
+                for k, v in value.items()
+            }
+        raise TypeError(f"config schema type {tp!r} at {_dotted(path)} is not supported by imf_kg.config")
+
+    def _float(self, value: Any, tp: Any, path: KeyPath) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise self.wrong(path, tp, value)
+
+    def _dataclass(self, value: Any, cls: type, path: KeyPath) -> Any:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise self.wrong(path, cls, value)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for key in value:
+            if key not in fields:
+                raise self.fail(path + (str(key),), f"unknown key; expected one of {', '.join(fields)}")
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for name, spec in fields.items():
+            if name in value:
+                kwargs[name] = self.convert(value[name], hints.get(name, Any), path + (name,))
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise self.fail(path + (name,), f"missing required key ({_describe_type(hints.get(name, Any))})")
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            # __post_init__ messages start with the field name ("epochs: expected ..."): add the section path
+            message = str(err)
+            field_name = message.split(":", 1)[0]
+            if field_name in fields:
+                raise self.fail(path + (field_name,), message.split(":", 1)[1].strip()) from None
+            raise self.fail(path, message) from None
+        except (TypeError, ValueError) as err:
+            raise self.fail(path, f"{cls.__name__} refused these values ({err})") from None
+
+
+def _key_lines(node: yaml.Node, source: str, path: KeyPath = ()) -> dict[KeyPath, int]:
+    """1-based line of every key path in a composed YAML document; refuses duplicate keys."""
+    lines: dict[KeyPath, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                raise ConfigError(f"{source}:{line}: {_dotted(path + (key,))}: duplicate key; expected each key once")
+            seen.add(key)
+            lines[path + (key,)] = line
+            lines.update(_key_lines(value_node, source, path + (key,)))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            lines.update(_key_lines(item, source, path + (i,)))
+    return lines
+
+
+def _set_path(data: Any, keys: list, value: Any, override: str) -> None:
+    target = data
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(target, list) and isinstance(key, int):
+            if key >= len(target):
+                raise ConfigError(f"--set {override}: {_dotted(tuple(keys[:depth + 1]))}: "
+                                  f"index out of range; the list has {len(target)} items")
+        elif isinstance(target, dict):
+            key = str(key)
+            if target.get(key) is None:  # an unset optional section: start it from its defaults
+                target[key] = {}
+        else:
+            raise ConfigError(f"--set {override}: {_dotted(tuple(keys[:depth]))}: holds {_describe_value(target)}, "
+                              "not a section; expected a key path into sections")
+        target = target[key]
+    last = keys[-1]
+    if isinstance(target, list) and isinstance(last, int):
+        if last >= len(target):
+            raise ConfigError(f"--set {override}: {_dotted(tuple(keys))}: index out of range; "
+                              f"the list has {len(target)} items")
+        target[last] = value
+    elif isinstance(target, dict):
+        target[str(last)] = value
+    else:
+        raise ConfigError(f"--set {override}: {_dotted(tuple(keys[:-1]))}: holds {_describe_value(target)}, "
+                          "not a section; expected a key path into sections")
+
+
+def _dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe_type(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        names = [_describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(names + (["null"] if type(None) in args else []))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping (section {tp.__name__})"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if origin in (list, Sequence, typing.Sequence) or tp is list:
+        return f"a list of {_describe_type(args[0])}" if args else "a list"
+    if origin is tuple or tp is tuple:
+        if args and not (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {len(args)} items ({', '.join(_describe_type(a) for a in args)})"
+        return f"a list of {_describe_type(args[0])}" if args else "a list"
+    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
+        return "a mapping"
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if tp in simple:
+        return simple[tp]
+    if isinstance(tp, type) and issubclass(tp, PurePath):
+        return "a path (string)"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}
+    kind = next((name for t, name in kinds.items() if type(value) is t), type(value).__name__)
+    if isinstance(value, (list, dict)):
+        return kind
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"

@@ -1,0 +1,132 @@
+"""YAML configs onto nested dataclasses: round trip, overrides, and one-line errors naming file, line and key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from imf_kg.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from imf_kg.errors import ConfigError
+from imf_kg.training import TrainConfig
+
+
+@dataclass
+class ModelSection:
+    name: Literal["distmult", "tucker"] = "distmult"
+    dim: int = 32
+    dropout: float = 0.2
+    hidden: list[int] = field(default_factory=lambda: [16, 8])
+    kernel: tuple[int, int] = (3, 3)
+
+
+@dataclass
+class DataSection:
+    dataset: str  # required
+    root: Optional[Path] = None
+    modalities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    data: DataSection
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: Optional[ModelSection] = None
+    notes: str = ""
+
+
+def write(tmp_path, text, name="exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_round_trip_gives_an_equal_object(tmp_path):
+    original = Experiment(
+        data=DataSection("umls", root=Path("/data/umls"), modalities={"text": 0.5}),
+        model=ModelSection(name="tucker", dim=64, dropout=1e-3, hidden=[4], kernel=(5, 1)),
+        train=TrainConfig(epochs=7, grad_clip=1.5, patience=3, amp="off", metric="fused/mrr"),
+        baseline=ModelSection(),
+        notes="yes",  # a YAML 1.1 boolean word: must stay a string
+    )
+    path = save_config(original, tmp_path / "saved.yaml")
+    loaded = load_config(path, Experiment)
+    assert loaded == original
+    assert isinstance(loaded.model.kernel, tuple) and isinstance(loaded.data.root, Path)
+    assert config_to_dict(loaded)["train"]["epochs"] == 7
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_defaults_fill_missing_keys_and_lists_convert(tmp_path):
+    path = write(tmp_path, "data:\n  dataset: fb15k-237\nmodel:\n  hidden: [1, 2, 3]\n  dropout: 1e-3\n")
+    cfg = load_config(path, Experiment)
+    assert cfg.data.dataset == "fb15k-237" and cfg.model.hidden == [1, 2, 3]
+    assert cfg.model.dropout == 0.001  # PyYAML reads 1e-3 as a string; float fields accept it
+    assert cfg.train == TrainConfig()
+
+
+def test_overrides_parse_values_as_yaml(tmp_path):
+    path = write(tmp_path, "data:\n  dataset: umls\n")
+    cfg = load_config(path, Experiment, [
+        "model.dim=64", "model.name=tucker", "train.patience=null", "train.grad_clip=0.5", "model.hidden=[3]",
+        "model.hidden.0=9", "data.modalities.image=1", "baseline.dim=8", "train.progress=false",
+    ])
+    assert cfg.model.dim == 64 and cfg.model.name == "tucker" and cfg.train.patience is None
+    assert cfg.train.grad_clip == 0.5 and cfg.model.hidden == [9] and cfg.data.modalities == {"image": 1.0}
+    assert cfg.baseline == ModelSection(dim=8) and cfg.train.progress is False
+
+
+def test_apply_overrides_returns_a_new_instance():
+    cfg = Experiment(data=DataSection("umls"))
+    changed = apply_overrides(cfg, ["train.epochs=3"])
+    assert changed.train.epochs == 3 and cfg.train.epochs == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data:\n  dataset: umls\nmodel:\n  dim: 8\n  dimm: 9\n", r"exp\.yaml:5: model\.dimm: unknown key; expected one of name, dim"),
+    ("data:\n  dataset: umls\ntrain:\n  epochs: ten\n", r"exp\.yaml:4: train\.epochs: expected an integer, found string 'ten'"),
+    ("data:\n  dataset: umls\ntrain:\n  epochs: 2.5\n", r"exp\.yaml:4: train\.epochs: expected an integer, found number 2\.5"),
+    ("data:\n  dataset: umls\ntrain:\n  progress: 1\n", r"exp\.yaml:4: train\.progress: expected true or false"),
+    ("data:\n  dataset: 7\n", r"exp\.yaml:2: data\.dataset: expected a string, found integer 7"),
+    ("data:\n  dataset: umls\nmodel:\n  name: conve\n", r"exp\.yaml:4: model\.name: expected one of 'distmult', 'tucker'"),
+    ("data:\n  dataset: umls\nmodel:\n  hidden: [1, x]\n", r"exp\.yaml:4: model\.hidden\[1\]: expected an integer"),
+    ("data:\n  dataset: umls\nmodel:\n  kernel: [1, 2, 3]\n", r"model\.kernel: expected a list of 2 items"),
+    ("data:\n  dataset: umls\ntrain:\n  grad_clip: fast\n", r"exp\.yaml:4: train\.grad_clip: expected a number or null"),
+    ("data:\n  dataset: umls\ntrain:\n  epochs: 0\n", r"exp\.yaml:4: train\.epochs: expected an integer >= 1, found 0"),
+    ("model:\n  dim: 8\n", r"exp\.yaml: data: missing required key"),
+    ("data:\n  dataset: umls\n  dataset: wn18\n", r"exp\.yaml:3: data\.dataset: duplicate key"),
+    ("data: [umls\n", r"exp\.yaml:2: invalid YAML"),
+    ("- 1\n- 2\n", r"exp\.yaml: \(top level\): expected a mapping \(section Experiment\), found list"),
+])
+def test_file_errors_name_the_file_line_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, text), Experiment)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.dimm=3", r"--set model\.dimm=3: model\.dimm: unknown key"),
+    ("model.dim=big", r"--set model\.dim=big: model\.dim: expected an integer, found string 'big'"),
+    ("model.dim.x=1", r"model\.dim: holds integer 32, not a section"),
+    ("model.hidden.5=1", r"model\.hidden\[5\]: index out of range"),
+    ("train.mode=best", r"train\.mode: expected one of 'max', 'min'"),
+    ("model", r"--set model: expected key\.path=value"),
+    ("=3", r"expected key\.path=value"),
+])
+def test_override_errors_name_the_override_and_key(tmp_path, override, message):
+    path = write(tmp_path, "data:\n  dataset: umls\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, Experiment, [override])
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml", Experiment)
+
+
+def test_config_from_dict_names_its_source():
+    with pytest.raises(ConfigError, match=r"^defaults: epochs: expected an integer"):
+        config_from_dict({"epochs": "1"}, TrainConfig, source="defaults")
