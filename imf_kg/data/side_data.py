@@ -179,8 +179,6 @@ def attach_features(kg: KnowledgeGraph, modality: str, path: str | Path, ids_pat
         mask = torch.zeros(kg.num_entities, dtype=torch.bool)
         mask[targets] = True
         _note_unmatched(kg, ids_path, len(names) - len(rows), "names")
-    if not torch.isfinite(values).all():  # a finite float64 beyond float32's range becomes inf
-        raise DataFormatError(path, None, "values beyond the float32 range", "finite float32 features")
     features = EntityFeatures(values=values, mask=mask, source=str(path))
     kg.features[modality] = features
     return features
@@ -195,6 +193,10 @@ def _check_finite(path: Path, array: np.ndarray, names: list[str] | None) -> Non
         value = array[row][~np.isfinite(array[row])][0]
         who = f" (entity {names[row]!r})" if names is not None else ""
         raise DataFormatError(path, None, f"{value} in row {row}{who}", "finite numbers (no NaN or inf)")
+    limit = np.finfo(np.float32).max
+    if array.dtype.itemsize > 4 and (np.abs(array) > limit).any():  # float64 that would become inf as float32
+        row = int(np.flatnonzero((np.abs(array) > limit).any(axis=1))[0])
+        raise DataFormatError(path, None, f"a value beyond the float32 range in row {row}", "finite float32 features")
 
 
 # ---------------------------------------------------------------------------------------------- images
