@@ -257,3 +257,15 @@ def test_very_long_lines(tmp_path, length):
     with pytest.raises(DataFormatError) as info:
         load_kg(tmp_path)
     assert len(str(info.value)) < 400 and str(info.value).startswith(f"{tmp_path / 'test.txt'}:2: ")
+
+
+@SETTINGS
+@given(data=st.one_of(st.binary(max_size=200), st.just(b"\x80\x04K\x01."), st.just(b"\x93NUMPY\x01\x00")),
+       suffix=st.sampled_from([".npy", ".pt", ".pkl"]), ids=st.one_of(st.none(), st.binary(max_size=30)))
+def test_random_feature_and_id_list_bytes_raise_toolkit_errors(data, suffix, ids):
+    kg = KnowledgeGraph.from_labeled_triples("f", {"train": [("a", "r", "b")]})
+    files = {f"features{suffix}": data} | ({"ids.txt": ids} if ids is not None else {})
+    with folder_with(files) as folder:
+        with pytest.raises(ToolkitError):  # no byte string of this size is a valid 2-row feature matrix
+            attach_features(kg, "m", folder / f"features{suffix}", folder / "ids.txt" if ids is not None else None)
+    assert "m" not in kg.features

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,9 @@ def read_feature_matrix(path: str | Path) -> np.ndarray:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
         elif suffix in (".pt", ".pth"):
-            array = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before failing on junk
+                warnings.simplefilter("ignore")
+                array = torch.load(path, map_location="cpu", weights_only=True)
         else:
             array = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as err:  # any reader failure is a malformed file, reported in one line
