@@ -1,0 +1,382 @@
+"""IMF: Interactive Multimodal Fusion for link prediction (Li et al., WWW 2023), forward readable top to bottom.
+
+    modality embeddings  e^m (N, d)      structure table / frozen vectors; text, image, ... features -> d
+    first-stage fusion   e^f = F(e^1..e^M)                        TuckerFusion (IMF Eq. 1), per entity
+    contextual scorers   s^m = ContextualRelationScorer_m(e^m_h, r^m) C^m^T   one per modality + one fused
+    decision fusion      s   = logit(sum_m w_m sigmoid(s^m))      learned weights (Sec. 3.5)
+    loss (Algorithm 1)   sum_m BCE(s^m, y) + BCE(s, y) + lambda * InfoNCE(e^1_h .. e^M_h)
+
+Choices the paper leaves open, and what we do (the "paper" variant):
+
+* Relation of the fused scorer. Relation embeddings carry no modality content: every per-modality relation
+  table is a free parameter, so fusing them (as the published code does) is only an over-parameterised free
+  table. The fused scorer therefore gets its own learned relation table (``relation_fusion="table"``);
+  ``"fuse"`` fuses the per-modality tables with a second fusion module, as the code does.
+* Missing modalities: an entity without a modality gets one learned vector (before the projection to
+  ``d``), not the mean of the other entities; its feature row is never read.
+* Contrastive term: InfoNCE over the *distinct* query entities of the batch (a repeated entity would be its
+  own negative), on the modality embeddings that enter the fusion, skipping entities that lack a modality.
+* Candidates: all entities' modality embeddings and fused embeddings are computed once per training batch
+  (fused in slices of ``candidate_chunk_size`` rows) and the query rows are taken from them, so the fusion
+  runs once per entity per batch (the published code fuses the queries a second time). The loss needs, per
+  batch: every entity's embedding of every modality and its fused embedding (1-N scoring), the query rows
+  of each, and the distinct query entities' modality embeddings (contrastive term). In evaluation,
+  :meth:`prepare_evaluation` computes them once for the whole pass.
+
+The "reference" variant (``IMFConfig.for_variant("reference")``) keeps the published code's behaviour
+(IMF_SPEC Sec. 0 and 13): MUTAN fusion of entities and of learned relation tables, trainable feature tables
+already pooled to ``entity_dim`` by the caller (missing rows filled with the mean), Xavier cores, uniform
+average of the sigmoids, and the sum of the per-output BCE losses (label smoothing is the task's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imf_kg.decision import MODES as DECISION_MODES, DecisionFusion
+from imf_kg.errors import ConfigError
+from imf_kg.fusion import FUSIONS, build_fusion, info_nce, reference_contrastive_loss
+from imf_kg.models.base import LinkPredictor
+from imf_kg.scorers import ContextualRelationScorer, distinct_relations
+
+STRUCTURE = "structure"
+DECISION = "decision"
+VARIANTS = ("paper", "reference")
+_REFERENCE = dict(
+    fusion="mutan", fusion_rank=2, fusion_latent_dim=None, fusion_dropout=0.2, relation_fusion="fuse",
+    core_init="xavier", freeze_features=False, project_features=False, missing="mean", decision="uniform",
+    decision_per_relation=False, joint_loss=False, contrastive="reference", contrastive_weight=0.0,
+)
+_CHOICES = dict(
+    variant=VARIANTS, fusion=tuple(FUSIONS), relation_fusion=("table", "fuse"), core_init=("tucker", "xavier"),
+    structure=("learned", "pretrained"), missing=("learned", "mean"), decision=DECISION_MODES,
+    contrastive=("info_nce", "reference"),
+)
+
+
+@dataclass
+class IMFConfig:
+    """Every setting of :class:`IMF`; the defaults are the "paper" variant.
+
+    Attributes:
+        modalities: entity modalities, in order; "structure" is the KG structure, any other name is a key of
+            the ``features`` given to :class:`IMF` (``kg.features``). One modality gives a plain TuckER model.
+        entity_dim / relation_dim: ``d`` and ``d_r``.
+        variant: "paper" or "reference" (a label; :meth:`for_variant` sets the switches).
+        fusion: "tucker" (paper), "concat" (early-fusion ablation) or "mutan" (published code).
+        fusion_rank: Tucker: CP rank of the core (unified-space size); MUTAN: number of product terms.
+        fusion_latent_dim: Tucker factor size ``L`` (None: identity factors).
+        fusion_dropout: dropout on the fusion inputs.
+        relation_fusion: "table" (own learned table for the fused scorer) or "fuse" (fuse the per-modality
+            relation tables with a second fusion module, as the published code).
+        scorer_dropouts, batch_norm, core_init: of every :class:`ContextualRelationScorer`.
+        structure: "learned" (free table; no GAT pre-training) or "pretrained" (frozen vectors given to IMF).
+        freeze_features: feature matrices (and pretrained structure vectors) are fixed (paper) or trainable.
+        project_features: a trainable linear map from each feature size to ``entity_dim`` (paper); False uses
+            the features as embeddings and needs their size to be ``entity_dim`` (the reference pools to 256).
+        missing: "learned" missing-modality vector, or "mean" of the present rows (published preprocessing).
+        normalize_features: L2-normalise the feature rows first (the published code does).
+        decision / decision_per_relation: see :class:`DecisionFusion`.
+        joint_loss: add the BCE of the decision-fused prediction (Algorithm 1, line 14).
+        contrastive / contrastive_weight / temperature: the fusion regulariser and its weight (the paper gives
+            no weight; 0 switches it off).
+        candidate_chunk_size: rows fused at once when computing all entities' fused embeddings.
+    """
+
+    modalities: tuple[str, ...] = (STRUCTURE, "text", "image")
+    entity_dim: int = 256
+    relation_dim: int = 256
+    variant: str = "paper"
+    fusion: str = "tucker"
+    fusion_rank: int = 512
+    fusion_latent_dim: int | None = None
+    fusion_dropout: float = 0.2
+    relation_fusion: str = "table"
+    scorer_dropouts: tuple[float, float, float] = (0.3, 0.4, 0.5)
+    batch_norm: bool = True
+    core_init: str = "tucker"
+    structure: str = "learned"
+    freeze_features: bool = True
+    project_features: bool = True
+    missing: str = "learned"
+    normalize_features: bool = True
+    decision: str = "learned"
+    decision_per_relation: bool = False
+    joint_loss: bool = True
+    contrastive: str = "info_nce"
+    contrastive_weight: float = 0.1
+    temperature: float = 0.1
+    candidate_chunk_size: int = 4096
+
+    def __post_init__(self):
+        self.modalities = tuple(self.modalities)
+        self.scorer_dropouts = tuple(float(p) for p in self.scorer_dropouts)
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"IMF config: {key}={getattr(self, key)!r}; expected one of {list(allowed)}")
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"IMF config: modalities={list(self.modalities)}; expected distinct names")
+        reserved = {DECISION, *FUSIONS} & set(self.modalities)
+        if reserved:
+            raise ConfigError(f"IMF config: modality names {sorted(reserved)} are reserved for output names")
+        if len(self.scorer_dropouts) != 3:
+            raise ConfigError(f"IMF config: scorer_dropouts={self.scorer_dropouts}; expected 3 probabilities")
+        for key in ("entity_dim", "relation_dim", "fusion_rank", "candidate_chunk_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"IMF config: {key}={getattr(self, key)}; expected a positive integer")
+        if self.contrastive_weight < 0 or self.temperature <= 0:
+            raise ConfigError("IMF config: expected contrastive_weight >= 0 and temperature > 0")
+
+    @classmethod
+    def for_variant(cls, variant: str = "paper", **overrides) -> "IMFConfig":
+        """The "paper" defaults or the "reference" (published code) settings, then ``overrides``."""
+        if variant not in VARIANTS:
+            raise ConfigError(f"IMF config: variant={variant!r}; expected one of {list(VARIANTS)}")
+        settings = dict(_REFERENCE) if variant == "reference" else {}
+        settings.update(overrides, variant=variant)
+        return cls.from_dict(settings)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "IMFConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"IMF config: unknown keys {unknown}; expected some of {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["modalities"], out["scorer_dropouts"] = list(self.modalities), list(self.scorer_dropouts)
+        return out
+
+
+class LearnedEntityTable(nn.Module):
+    """A free ``(N, d)`` embedding table (Xavier-normal, as the published code's structure table)."""
+
+    def __init__(self, num_entities: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_entities, dim))
+        nn.init.xavier_normal_(self.weight)
+
+    def forward(self, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        return self.weight[rows]
+
+
+class FeatureModalityEmbedding(nn.Module):
+    """Entity features of one modality -> ``(N, d)`` embeddings.
+
+    ``values (N, d_m)`` (rows L2-normalised if asked), rows with ``mask`` False replaced by a learned vector
+    (``missing="learned"``) or, once at construction, by the mean of the present rows (``"mean"``), then an
+    optional linear projection ``d_m -> d``. The values are a fixed buffer or a trainable parameter.
+    The feature row of an absent entity is zeroed at construction and never read.
+    """
+
+    def __init__(self, values: torch.Tensor, mask: torch.Tensor, out_dim: int, trainable: bool = False,
+                 missing: str = "learned", project: bool = True, normalize: bool = True, name: str = ""):
+        super().__init__()
+        values = torch.as_tensor(values, dtype=torch.float32)
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if values.dim() != 2 or mask.shape[0] != values.shape[0]:
+            raise ConfigError(f"modality {name!r}: values {tuple(values.shape)} and mask {tuple(mask.shape)}; "
+                              "expected (num_entities, dim) and (num_entities,)")
+        if not project and values.shape[1] != out_dim:
+            raise ConfigError(f"modality {name!r} has {values.shape[1]} features but entity_dim={out_dim}; without "
+                              "project_features they must match (pool the features to entity_dim first)")
+        if normalize:
+            values = F.normalize(values, dim=1)
+        values = values * mask.unsqueeze(1)
+        # Frozen inputs are data, not learned state: rebuilt from the features, so kept out of checkpoints
+        # (an image matrix alone can be hundreds of MB).
+        self.register_buffer("mask", mask, persistent=False)
+        self.learned_missing = missing == "learned"
+        if self.learned_missing:
+            self.missing_vector = nn.Parameter(torch.randn(values.shape[1]) / values.shape[1] ** 0.5)
+        elif mask.any():
+            values = torch.where(mask.unsqueeze(1), values, values[mask].mean(dim=0, keepdim=True))
+        if trainable:
+            self.values = nn.Parameter(values)
+        else:
+            self.register_buffer("values", values, persistent=False)
+        self.projection = nn.Linear(values.shape[1], out_dim) if project else None
+
+    def forward(self, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        x = self.values[rows]
+        if self.learned_missing:
+            x = torch.where(self.mask[rows].unsqueeze(1), x, self.missing_vector.to(x.dtype))
+        return self.projection(x) if self.projection is not None else x
+
+
+class IMF(LinkPredictor):
+    """The IMF model (module docstring). ``score_outputs`` gives one ``(B, N)`` logit matrix per modality,
+    one for the fused embedding (named after the fusion: "tucker", "concat" or "mutan") and "decision".
+
+    Args:
+        num_entities: ``N``.
+        num_relations: original relations; tables hold ``2 * num_relations`` rows (inverses included).
+        config: :class:`IMFConfig`.
+        features: modality name -> :class:`~imf_kg.data.kg.EntityFeatures` or ``(values (N, d_m), mask (N,))``.
+        structure_vectors: ``(N, d_s)`` pre-trained structure vectors (e.g. GAT), for ``structure="pretrained"``.
+    """
+
+    def __init__(self, num_entities: int, num_relations: int, config: IMFConfig | None = None,
+                 features: Mapping[str, object] | None = None, structure_vectors: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config = config or IMFConfig()
+        self.num_entities, self.num_relations = int(num_entities), int(num_relations)
+        d, d_r, relation_rows = config.entity_dim, config.relation_dim, 2 * self.num_relations
+        self.modalities = list(config.modalities)
+        self.entity_embeddings = nn.ModuleDict()
+        for name in self.modalities:
+            self.entity_embeddings[name] = self._build_modality(name, features or {}, structure_vectors)
+        self.relation_embeddings = nn.ModuleDict({name: nn.Embedding(relation_rows, d_r) for name in self.modalities})
+        self.fused_name = config.fusion if len(self.modalities) > 1 else None
+        self.entity_fusion = self.relation_fusion = self.fused_relation_embeddings = None
+        if self.fused_name:
+            self.entity_fusion = build_fusion(config.fusion, [d] * len(self.modalities), d, config.fusion_rank,
+                                              config.fusion_latent_dim, config.fusion_dropout)
+            if config.relation_fusion == "fuse":
+                self.relation_fusion = build_fusion(config.fusion, [d_r] * len(self.modalities), d_r,
+                                                    config.fusion_rank, config.fusion_latent_dim,
+                                                    config.fusion_dropout)
+            else:
+                self.fused_relation_embeddings = nn.Embedding(relation_rows, d_r)
+        self.branches = self.modalities + ([self.fused_name] if self.fused_name else [])
+        self.scorers = nn.ModuleDict({
+            name: ContextualRelationScorer(d, d_r, config.scorer_dropouts, config.batch_norm, config.core_init)
+            for name in self.branches
+        })
+        self.decision = (DecisionFusion(self.branches, relation_rows, config.decision, config.decision_per_relation)
+                         if len(self.branches) > 1 else None)
+        for table in list(self.relation_embeddings.values()) + [self.fused_relation_embeddings]:
+            if table is not None:
+                nn.init.xavier_normal_(table.weight)
+        self._candidate_cache: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_kg(cls, kg, config: IMFConfig | None = None, structure_vectors: torch.Tensor | None = None) -> "IMF":
+        """Build for a :class:`~imf_kg.data.kg.KnowledgeGraph`, reading ``kg.features[m]`` for each modality."""
+        return cls(kg.num_entities, kg.num_relations, config, dict(kg.features), structure_vectors)
+
+    def _build_modality(self, name: str, features: Mapping[str, object], structure_vectors) -> nn.Module:
+        config = self.config
+        if name == STRUCTURE and config.structure == "learned":
+            return LearnedEntityTable(self.num_entities, config.entity_dim)
+        if name == STRUCTURE:
+            if structure_vectors is None:
+                raise ConfigError("IMF config: structure='pretrained' needs structure_vectors (N, d_s)")
+            values = torch.as_tensor(structure_vectors)
+            mask = torch.ones(values.shape[0], dtype=torch.bool)
+        else:
+            if name not in features:
+                raise ConfigError(f"IMF config: modality {name!r} has no features; available: {sorted(features)}")
+            entry = features[name]
+            values, mask = (entry.values, entry.mask) if hasattr(entry, "values") else entry
+        if values.shape[0] != self.num_entities:
+            raise ConfigError(f"modality {name!r}: {values.shape[0]} rows; expected one per entity "
+                              f"({self.num_entities})")
+        return FeatureModalityEmbedding(values, mask, config.entity_dim, trainable=not config.freeze_features,
+                                        missing=config.missing, project=config.project_features,
+                                        normalize=config.normalize_features, name=name)
+
+    # --------------------------------------------------------------------------------------- candidates
+    def candidate_embeddings(self) -> dict[str, torch.Tensor]:
+        """Every entity's embedding per branch: modality name / fused name -> ``(N, d)``.
+
+        Uses the cache of :meth:`prepare_evaluation` in eval mode; otherwise computes each once (one call per
+        training batch): modality embeddings in one go, the fused ones in slices of ``candidate_chunk_size``.
+        """
+        if self._candidate_cache is not None and not self.training:
+            return self._candidate_cache
+        out = {name: self.entity_embeddings[name]() for name in self.modalities}
+        if self.fused_name:
+            step = self.config.candidate_chunk_size
+            parts = [self.entity_fusion([out[m][start:start + step] for m in self.modalities])
+                     for start in range(0, self.num_entities, step)]
+            out[self.fused_name] = torch.cat(parts, dim=0)
+        return out
+
+    def _fused_relations(self, relation_ids: torch.Tensor) -> torch.Tensor:
+        if self.relation_fusion is not None:
+            return self.relation_fusion([self.relation_embeddings[m](relation_ids) for m in self.modalities])
+        return self.fused_relation_embeddings(relation_ids)
+
+    def _scores(self, heads: torch.Tensor, relations: torch.Tensor):
+        candidates = self.candidate_embeddings()
+        unique, index = distinct_relations(relations)
+        scores = {}
+        for name in self.branches:
+            relation_vectors = (self._fused_relations(unique) if name == self.fused_name
+                                else self.relation_embeddings[name](unique))
+            query = candidates[name].index_select(0, heads)
+            scores[name] = self.scorers[name](query, relation_vectors, candidates[name], index)
+        scores[DECISION] = self.decision(scores, relations) if self.decision else scores[self.branches[0]]
+        return scores, candidates
+
+    # ------------------------------------------------------------------------------------ LinkPredictor
+    def score_outputs(self, heads: torch.Tensor, relations: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits ``(B, N)`` per modality, for the fused embedding, and "decision" (second stage)."""
+        return self._scores(heads, relations)[0]
+
+    def score_tails(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """Decision-fused logits ``(B, N)``."""
+        return self._scores(heads, relations)[0][DECISION]
+
+    def loss(self, heads: torch.Tensor, relations: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Algorithm 1: sum of per-branch BCE-with-logits, + BCE of the decision output (``joint_loss``),
+        + ``contrastive_weight`` * contrastive loss over the distinct query entities.
+
+        Args:
+            heads, relations: ``(B,)`` long; targets: ``(B, N)`` (smoothed) labels in [0, 1].
+
+        Returns:
+            ``(loss, logs)``; logs has ``loss``, ``bce_<branch>``, ``bce_decision`` and ``contrastive``.
+        """
+        scores, candidates = self._scores(heads, relations)
+        targets = targets.float()
+        terms = {f"bce_{name}": F.binary_cross_entropy_with_logits(scores[name].float(), targets)
+                 for name in self.branches}
+        total = sum(terms.values())
+        if self.decision is not None and self.config.joint_loss:
+            terms["bce_decision"] = F.binary_cross_entropy_with_logits(scores[DECISION].float(), targets)
+            total = total + terms["bce_decision"]
+        if self.fused_name and self.config.contrastive_weight > 0:
+            terms["contrastive"] = self.contrastive_loss(heads, candidates)
+            total = total + self.config.contrastive_weight * terms["contrastive"]
+        names = ["loss", *terms]
+        values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).tolist()  # one sync
+        return total, dict(zip(names, values))
+
+    def contrastive_loss(self, heads: torch.Tensor, candidates: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The fusion regulariser over the distinct entities of ``heads`` (modality embeddings ``(U, d)``)."""
+        candidates = candidates if candidates is not None else self.candidate_embeddings()
+        entities = torch.unique(heads)
+        views = [candidates[m].index_select(0, entities) for m in self.modalities]
+        if self.config.contrastive == "reference":
+            return reference_contrastive_loss(views)
+        masks = [getattr(self.entity_embeddings[m], "mask", None) for m in self.modalities]
+        masks = [None if mask is None else mask.index_select(0, entities) for mask in masks]
+        return info_nce(views, self.config.temperature, masks)
+
+    def prepare_evaluation(self) -> None:
+        """Switch to eval mode and compute every entity's branch embeddings once (fused in slices)."""
+        self.eval()
+        self._candidate_cache = None
+        with torch.no_grad():
+            self._candidate_cache = {k: v.detach() for k, v in self.candidate_embeddings().items()}
+
+    def end_evaluation(self) -> None:
+        self._candidate_cache = None
+
+    def train(self, mode: bool = True) -> "IMF":
+        if mode:  # parameters are about to change: the cached candidates would be stale
+            self._candidate_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._candidate_cache = None  # moved or cast: recompute on the new device/dtype
+        return super()._apply(fn, *args, **kwargs)
