@@ -223,3 +223,24 @@ def test_distmult_learns_nations(tmp_path):
     mrrs = [r["valid/mrr"] for r in result.history]
     assert max(mrrs) > mrrs[0] + 0.1 and result.best_metrics["mrr"] == max(mrrs)
     assert result.history[0]["queries"] == task.num_queries
+
+
+def test_tensor_logs_are_averaged_like_float_logs(tmp_path):
+    class TensorLogTask(ScriptedTask):
+        def training_step(self, model, batch):
+            loss, logs = super().training_step(model, batch)
+            return loss, {"mse": loss.detach()}
+
+    floats = make_trainer(tmp_path / "floats", ScriptedTask([0.1]), epochs=1).fit().history[0]
+    tensors = make_trainer(tmp_path / "tensors", TensorLogTask([0.1]), epochs=1).fit().history[0]
+    assert isinstance(tensors["train/mse"], float)
+    assert tensors["train/mse"] == pytest.approx(floats["train/mse"])
+
+
+def test_plateau_scheduler_steps_on_the_selection_metric(tmp_path):
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+    trainer = Trainer(model, ScriptedTask([0.5, 0.4, 0.3]), optimizer,
+                      TrainConfig(epochs=3, progress=False, device="cpu", metric="score"), tmp_path, scheduler=plateau)
+    assert [r["lr"] for r in trainer.fit().history] == [1.0, 1.0, 0.5]

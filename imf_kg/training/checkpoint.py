@@ -87,7 +87,9 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str | None = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a damaged or foreign file
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint ({message}); expected a file written by Trainer") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({message}); expected a file written by Trainer"
+        ) from None
 
 
 def save_best(checkpoint_dir: str | Path, model_state: dict[str, torch.Tensor], epoch: int, metrics: dict) -> Path:

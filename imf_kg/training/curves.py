@@ -29,7 +29,8 @@ def plot_training_curve(history: list[dict], path: str | Path, metric: str, max_
     figure = Figure(figsize=(10, 4), dpi=80)
     FigureCanvasAgg(figure)
     loss_axis, metric_axis = figure.subplots(1, 2)
-    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.25)  # tight_layout costs more than the plot
+    # fixed margins: tight_layout costs more than drawing the plot
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
 
     epochs = [r["epoch"] for r in history if _finite(r.get("train_loss"))]
     losses = [r["train_loss"] for r in history if _finite(r.get("train_loss"))]

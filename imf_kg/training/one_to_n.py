@@ -27,9 +27,9 @@ PREFERRED_PRIMARY_OUTPUTS = ("fused", "decision", "ensemble", "model")
 class OneToNTask:
     """The 1-N link-prediction task for :class:`~imf_kg.training.Trainer`.
 
-    Labels (TuckER, Balažević et al. 2019, Sec. 5.1; IMF_SPEC.md Sec. 6.2): for a batch of B queries the target is a ``(B, N)`` matrix,
-    built on the model's device in one scatter from ``kg.train_index.lookup_rows`` (no loop over queries),
-    then smoothed with ε = ``label_smoothing``:
+    Labels (TuckER, Balažević et al. 2019, Sec. 5.1; IMF_SPEC.md Sec. 6.2): for a batch of B queries the
+    target is a ``(B, N)`` matrix, built on the model's device in one scatter from
+    ``kg.train_index.lookup_rows`` (no loop over queries), then smoothed with ε = ``label_smoothing``:
 
     - ``smoothing_form="standard"``: ``(1 - ε) y + ε / N`` (Szegedy et al. 2016; rows keep their mass);
     - ``smoothing_form="tucker"``: ``(1 - ε) y + 1 / N``, what TuckER's code and the IMF reference code
@@ -169,14 +169,16 @@ def flatten_link_prediction_metrics(
         }
     if not per_output:
         raise ToolkitError(
-            f"evaluation result has no {ranking!r} metrics for direction {direction!r}; found {sorted(map(str, result))}"
+            f"evaluation result has no {ranking!r} metrics for direction {direction!r}; "
+            f"found {sorted(map(str, result))}"
         )
     flat: dict[str, float] = {}
     for name, metrics in per_output.items():
         prefix = f"{name}/" if len(per_output) > 1 else ""
         flat.update({prefix + metric: value for metric, value in _numbers(metrics).items()})
     if len(per_output) > 1:
-        primary = primary_output or next((n for n in PREFERRED_PRIMARY_OUTPUTS if n in per_output), next(iter(per_output)))
+        preferred = next((n for n in PREFERRED_PRIMARY_OUTPUTS if n in per_output), next(iter(per_output)))
+        primary = primary_output or preferred
         if primary not in per_output:
             raise ConfigError(f"primary_output: {primary!r} is not an output; expected one of {', '.join(per_output)}")
         flat.update(_numbers(per_output[primary]))

@@ -31,9 +31,11 @@ class TrainingTask(Protocol):
         ...
 
     def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar loss of ``batch`` (with autograd history) and named float logs (e.g. per-modality losses).
+        """The scalar loss of ``batch`` (with autograd history) and named logs (e.g. per-modality losses).
 
-        Called inside the trainer's autocast context; the task moves the batch to the model's device.
+        Called inside the trainer's autocast context; the task moves the batch to the model's device. Log
+        values may be floats or 0-d tensors; tensors are averaged on the device, which spares a GPU sync
+        per batch.
         """
         ...
 

@@ -176,7 +176,7 @@ class Trainer:
         # summed on the device so that the loop never waits for the GPU inside an epoch
         loss_sum = torch.zeros((), device=self.device)
         grad_norm_sum = torch.zeros((), device=self.device)
-        log_sums: dict[str, float] = {}
+        log_sums: dict[str, Any] = {}
         batches = examples = 0
         start = time.perf_counter()
         progress = _progress_bar(
@@ -196,7 +196,9 @@ class Trainer:
                 self.scheduler.step()
             loss_sum += loss.detach().float()
             for name, value in (logs or {}).items():
-                log_sums[name] = log_sums.get(name, 0.0) + float(value)
+                # tensor logs stay on the device until the epoch ends (a float() here would wait for the GPU)
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                log_sums[name] = log_sums.get(name, 0.0) + value
             examples += batch_size_of(self.task, batch) or 0
             batches += 1
         if batches == 0:
@@ -210,7 +212,7 @@ class Trainer:
                 f"(the last checkpoint in {self.checkpoint_dir} is from before this epoch)"
             )
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-        record.update({f"train/{name}": total / batches for name, total in log_sums.items()})
+        record.update({f"train/{name}": float(total) / batches for name, total in log_sums.items()})
         if config.grad_clip is not None:
             record["grad_norm"] = float(grad_norm_sum) / batches  # before clipping
         record.update({"lr": float(learning_rate), "batches": batches, "train_time_s": seconds})
