@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from imf_kg.data import load_kg
 from imf_kg.encoders.structure import (
+    EdgeWeightedSum,
     RelationAwareGATLayer,
     StructureEmbedding,
     StructureEncoder,
@@ -60,6 +61,17 @@ def test_gat_layer_matches_edge_by_edge_definition(concat):
     assert torch.all(fast[4] == 0)  # node 4 has no incoming edge
     # relation-aware: changing only the relation embeddings changes the messages
     assert not torch.allclose(layer(x, relations + 1.0, edge_index, edge_type), fast)
+
+
+def test_edge_weighted_sum_values_and_gradients_over_several_chunks():
+    torch.manual_seed(0)
+    rows, cols = torch.tensor([0, 2, 2, 1, 0, 2, 3]), torch.tensor([1, 0, 4, 4, 3, 2, 0])
+    weights = torch.rand(7, 2, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out = EdgeWeightedSum.apply(weights, values, rows, cols, 4, 2)  # chunks of 2 edges
+    expected = torch.zeros(4, 2, 3, dtype=torch.float64).index_add(0, rows, weights.unsqueeze(-1) * values[cols])
+    torch.testing.assert_close(out, expected)
+    assert torch.autograd.gradcheck(lambda w, v: EdgeWeightedSum.apply(w, v, rows, cols, 4, 3), (weights, values))
 
 
 def test_gat_layer_gradients_reach_every_parameter():
