@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     image.add_argument("--image-backbone", default="vgg16", help="torchvision model name (default vgg16, as IMF)")
     image.add_argument("--image-weights", type=Path, help="local state_dict of the backbone (e.g. ImageNet VGG16)")
     image.add_argument("--image-size", type=int, default=224, help="centre-crop size")
+    image.add_argument("--workers", type=int, default=0, help="image decoding processes (0: in the main process)")
     image.add_argument("--allow-download", action="store_true",
                        help="without --image-weights, download torchvision's DEFAULT weights (needs a network)")
     structure = parser.add_argument_group("structure")
@@ -86,7 +87,7 @@ def run(args) -> int:
         encoded = encode_images(per_entity, backbone=args.image_backbone,
                                 weights=None if args.image_weights else "DEFAULT", weights_path=args.image_weights,
                                 image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                                cache_dir=args.cache_dir, progress=progress)
+                                cache_dir=args.cache_dir, progress=progress, num_workers=args.workers)
         kg.features["image"] = encoded.to_entity_features()
         record("image", encoded, atomic_torch_save(args.out / "image.pt", encoded.state()))
     if args.structure:
