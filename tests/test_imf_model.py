@@ -273,3 +273,23 @@ def test_state_dict_round_trip_without_frozen_features():
     with torch.no_grad():
         for name, scores in model.score_outputs(heads, relations).items():
             torch.testing.assert_close(restored.score_outputs(heads, relations)[name], scores)
+
+
+@pytest.mark.parametrize("variant,overrides", [
+    ("paper", {}), ("paper", {"fusion": "concat"}), ("paper", {"fusion_latent_dim": 4}), ("reference", {}),
+])
+def test_flops_match_the_flop_counter(variant, overrides):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kg = _kg({"text": 8, "image": 8}) if variant == "reference" else _kg()
+    model = _model(variant, kg, **overrides).eval()
+    heads, relations, _ = _batch()
+    unique = len(torch.unique(relations))
+    # forward only, under grad mode: FlopCounterMode's module hooks trip over slices of a leaf under no_grad
+    with FlopCounterMode(display=False) as counter:
+        model.score_outputs(heads, relations)
+    assert counter.get_total_flops() == model.flops(len(heads), unique)
+    model.prepare_evaluation()
+    with FlopCounterMode(display=False) as counter:
+        model.score_outputs(heads, relations)
+    assert counter.get_total_flops() == model.flops(len(heads), unique, cached_candidates=True)

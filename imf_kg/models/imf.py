@@ -163,8 +163,9 @@ class LearnedEntityTable(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_entities, dim))
         nn.init.xavier_normal_(self.weight)
 
-    def forward(self, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        return self.weight[rows]
+    def forward(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, d)``, or the given rows; the table itself, not a view of it, when ``rows`` is None."""
+        return self.weight if rows is None else self.weight[rows]
 
 
 class FeatureModalityEmbedding(nn.Module):
@@ -204,10 +205,12 @@ class FeatureModalityEmbedding(nn.Module):
             self.register_buffer("values", values, persistent=False)
         self.projection = nn.Linear(values.shape[1], out_dim) if project else None
 
-    def forward(self, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        x = self.values[rows]
+    def forward(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, d)`` embeddings, or those of ``rows`` ``(n,)``."""
+        x = self.values if rows is None else self.values[rows]
         if self.learned_missing:
-            x = torch.where(self.mask[rows].unsqueeze(1), x, self.missing_vector.to(x.dtype))
+            mask = self.mask if rows is None else self.mask[rows]
+            x = torch.where(mask.unsqueeze(1), x, self.missing_vector.to(x.dtype))
         return self.projection(x) if self.projection is not None else x
 
 
@@ -361,6 +364,28 @@ class IMF(LinkPredictor):
         masks = [getattr(self.entity_embeddings[m], "mask", None) for m in self.modalities]
         masks = [None if mask is None else mask.index_select(0, entities) for mask in masks]
         return info_nce(views, self.config.temperature, masks)
+
+    def flops(self, batch: int, num_unique_relations: int, cached_candidates: bool = False) -> int:
+        """Matrix-product FLOPs of one :meth:`score_outputs` call (2 per multiply-add, as FlopCounterMode counts).
+
+        Sums the candidate computation (feature projections ``2 N d_m d`` and fusion of all ``N`` entities;
+        skipped when ``cached_candidates``), the relation fusion of the ``U`` distinct relations, and every
+        branch's scorer in the order it would choose now (train/eval mode matters, see the scorer).
+        """
+        n, total = self.num_entities, 0
+        if not cached_candidates:
+            for name in self.modalities:
+                projection = getattr(self.entity_embeddings[name], "projection", None)
+                if projection is not None:
+                    total += 2 * n * projection.in_features * projection.out_features
+            if self.entity_fusion is not None:
+                total += n * self.entity_fusion.flops_per_row()
+        if self.relation_fusion is not None:
+            total += num_unique_relations * self.relation_fusion.flops_per_row()
+        for name in self.branches:
+            scorer = self.scorers[name]
+            total += scorer.flops(batch, num_unique_relations, n)[scorer.choose_order(batch, num_unique_relations)]
+        return total
 
     def prepare_evaluation(self) -> None:
         """Switch to eval mode and compute every entity's branch embeddings once (fused in slices)."""
