@@ -344,3 +344,20 @@ def _plot_mrr(outputs: dict, path: Path, title: str) -> None:
 
 def config_dict(cfg: ExperimentConfig) -> dict:
     return config_to_dict(cfg)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = False):
+    """Rebuild a trained run: ``(config, kg, model)`` with the best-validation weights loaded, in eval mode."""
+    run_dir = Path(run_dir)
+    config_path, best_path = run_dir / "config.yaml", run_dir / "checkpoints" / "best.pt"
+    for path in (config_path, best_path):
+        if not path.exists():
+            raise ToolkitError(f"{run_dir}: not a finished run folder (missing {path.relative_to(run_dir)})")
+    cfg = load_experiment(config_path)
+    kg = prepare_data(cfg, device=device, progress=progress)
+    vectors = torch.load(run_dir / "structure_vectors.pt", map_location="cpu") \
+        if cfg.model.structure == "pretrained" else None
+    model = build_model(kg, cfg, vectors)
+    state = torch.load(best_path, map_location="cpu")
+    model.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    return cfg, kg, model.to(device).eval()

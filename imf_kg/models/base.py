@@ -39,7 +39,7 @@ class LinkPredictor(nn.Module):
         """1-N binary cross-entropy on logits against ``targets`` of shape ``(batch, num_entities)``."""
         logits = self.score_tails(heads, relations)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
-        return loss, {"bce": float(loss.detach())}
+        return loss, {"bce": loss.detach()}
 
     def prepare_evaluation(self) -> None:
         """Hook called once before an evaluation pass (e.g. to cache all entities' fused embeddings)."""
