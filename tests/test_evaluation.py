@@ -27,7 +27,7 @@ def test_ranks_by_hand_with_ties_filter_and_nan():
     scores = torch.tensor(
         [
             [0.5, 0.9, 0.5, 0.1, 0.9, 0.2],  # target 0.5; the 0.9 in column 1 is filtered
-            [NAN, 0.3, NAN, -INF, 0.7, 0.1],  # NaN target: worst; 0.7 filtered
+            [NAN, 0.3, NAN, -INF, 0.7, 0.1],  # NaN target: last of its 5 candidates; 0.7 filtered
             [0.2, NAN, 0.8, 0.2, NAN, 0.2],  # NaN competitors never beat the target
         ]
     )
@@ -36,11 +36,13 @@ def test_ranks_by_hand_with_ties_filter_and_nan():
     filter_cols = torch.tensor([1, 0, 4])  # row 0's own target is in the filter and must stay a candidate
     ranks = filtered_ranks(scores, targets, filter_rows, filter_cols)
     # row 0: better {col 4}; ties {col 2}            -> optimistic 2, pessimistic 3
-    # row 1: target is -inf; better {0.3, 0.1}; ties {NaN col 2, -inf col 3} -> 3, 5
+    # row 1: candidates {0, 1, 2, 3, 5}; a NaN target is worst in every rank type -> 5, 5
     # row 2: better {0.8}; ties {col 0, col 3}       -> 2, 4
-    assert ranks["optimistic"].tolist() == [2, 3, 2]
+    assert ranks["optimistic"].tolist() == [2, 5, 2]
     assert ranks["pessimistic"].tolist() == [3, 5, 4]
-    assert ranks["realistic"].tolist() == [2.5, 4.0, 3.0]
+    assert ranks["realistic"].tolist() == [2.5, 5.0, 3.0]
+    only_optimistic = filtered_ranks(scores, targets, filter_rows, filter_cols, rank_types=("optimistic",))
+    assert only_optimistic["optimistic"].tolist() == [2, 5, 2]
     assert ranks["optimistic"].dtype == torch.long and ranks["realistic"].dtype == torch.float64
 
 
@@ -63,14 +65,17 @@ def test_only_requested_rank_types_and_bad_input():
 
 
 def naive_ranks(scores: torch.Tensor, targets: torch.Tensor, known: list[set[int]]) -> dict[str, list]:
-    """Obviously-correct reference: Python loops, filtered entries removed, NaN replaced by -inf."""
+    """Obviously-correct reference: Python loops, filtered entries removed, NaN candidates as -inf, a NaN
+    target last."""
     out = {"optimistic": [], "pessimistic": [], "realistic": []}
     for row, target, answers in zip(scores.tolist(), targets.tolist(), known):
-        row = [-INF if math.isnan(v) else v for v in row]
+        candidates = [-INF if math.isnan(v) else v for j, v in enumerate(row) if j == target or j not in answers]
         t = row[target]
-        candidates = [v for j, v in enumerate(row) if j == target or j not in answers]
-        optimistic = 1 + sum(v > t for v in candidates)
-        pessimistic = sum(v >= t for v in candidates)
+        if math.isnan(t):
+            optimistic = pessimistic = len(candidates)
+        else:
+            optimistic = 1 + sum(v > t for v in candidates)
+            pessimistic = sum(v >= t for v in candidates)
         out["optimistic"].append(optimistic)
         out["pessimistic"].append(pessimistic)
         out["realistic"].append((optimistic + pessimistic) / 2)
@@ -86,6 +91,8 @@ def test_matches_naive_reference_on_random_ties(use_numpy, dtype):
     scores[torch.rand(batch, num_entities, generator=generator) < 0.02] = NAN
     scores[5, :] = NAN
     targets = torch.randint(0, num_entities, (batch,), generator=generator)
+    scores[6, targets[6]] = -INF  # ties with the NaN and -inf candidates of its row
+    scores[7, targets[7]] = NAN  # a NaN target among finite candidates
     filter_mask = torch.rand(batch, num_entities, generator=generator) < 0.1
     filter_mask[torch.arange(batch), targets] = True
     rows, cols = filter_mask.nonzero().unbind(1)

@@ -76,6 +76,8 @@ def evaluate_link_prediction(
     queries = kg.queries(split)
     num_split = len(kg.split(split))
     positions = _query_positions(restrict_to, len(queries))
+    if len(positions) == 0:
+        raise ValueError(f"no queries to evaluate: split {split!r} has {num_split} triples, restrict_to selects none")
     score_fn, model = _resolve_score_fn(model_or_score_fn)
     device = torch.device(device) if device is not None else _default_device(model)
     known_answers = DeviceFilter(kg.filter_index, device)
