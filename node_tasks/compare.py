@@ -1,0 +1,136 @@
+"""``node-tasks compare``: several models x several seeds on one dataset, reported like the poster's tables.
+
+Every model is trained with the same experiment config (sizes, optimiser, epochs), selected on validation
+Macro-F1 and tested once; the table gives test Micro-F1 and Macro-F1 as mean ± std over seeds, next to
+the poster's numbers where the dataset is IMDB.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from imf_kg.config import load_config
+from imf_kg.errors import ConfigError, ToolkitError
+from imf_kg.reporting import markdown_table, summarise, write_comparison
+from node_tasks.train import MODELS, NodeExperimentConfig, run_seeds
+
+DEFAULT_MODELS = ("ima", "ima-cross", "ima-align", "ima-latt", "ima-lind", "hgt-early", "hgt-late", "mlp")
+METRICS = ("micro_f1", "macro_f1")
+LABELS = {"micro_f1": "Micro-F1", "macro_f1": "Macro-F1"}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "hgnn_ima"
+# Li et al., IJCAI 2025 poster, "Overall Results" (IMDB columns) and "Ablation Study" (IMDB, Macro-F1 only)
+PAPER_RESULTS = {
+    "imdb": {
+        "ima": {"micro_f1": 0.7578, "macro_f1": 0.7560},
+        "hgt-early": {"micro_f1": 0.7407, "macro_f1": 0.7381},
+        "hgt-late": {"micro_f1": 0.7419, "macro_f1": 0.7407},
+        "ima-cross": {"macro_f1": 0.7344},
+        "ima-align": {"macro_f1": 0.7487},
+        "ima-latt": {"macro_f1": 0.7436},
+        "ima-lind": {"macro_f1": 0.7469},
+    },
+}
+
+
+def load_dataset(name: str, options: Optional[Mapping] = None):
+    """``synthetic`` (node_tasks.synthetic.make_synthetic(**options)), ``imdb`` or a folder path.
+
+    ``imdb`` and folders go through the loaders of :mod:`node_tasks.data`; the result is checked against
+    the data contract.
+    """
+    options = dict(options or {})
+    if name == "synthetic":
+        from node_tasks.synthetic import make_synthetic
+
+        try:
+            return make_synthetic(**options)
+        except TypeError as err:
+            raise ConfigError(f"data_options for the synthetic dataset: {err}") from None
+    from node_tasks import data as data_module
+
+    loader = getattr(data_module, "load_dataset", None)
+    if loader is None:
+        raise ToolkitError(f"dataset {name!r}: this build's node_tasks.data has no load_dataset(); "
+                           "only 'synthetic' is available")
+    return loader(name, **options)
+
+
+def default_config_path(dataset: str) -> Optional[Path]:
+    """configs/hgnn_ima/<dataset>.yaml for a named dataset, when that file exists."""
+    path = CONFIG_DIR / f"{Path(dataset).name.lower()}.yaml"
+    return path if path.is_file() else None
+
+
+def fusion_margins(rows: Sequence[Mapping], method: str = "ima", baselines=("hgt-early", "hgt-late"),
+                   metrics: Sequence[str] = METRICS) -> List[Dict]:
+    """How far ``method`` is ahead of each baseline: margin = difference of means, in units of the larger
+    of the two standard deviations; ``beats_by_2_std`` is ``margin > 2 * max(std)``."""
+    by_name = {r["method"]: r for r in rows}
+    if method not in by_name:
+        return []
+    out = []
+    for base in baselines:
+        if base not in by_name:
+            continue
+        for metric in metrics:
+            a, b = by_name[method], by_name[base]
+            margin = a[f"{metric}_mean"] - b[f"{metric}_mean"]
+            spread = max(a[f"{metric}_std"], b[f"{metric}_std"])
+            out.append({"method": method, "baseline": base, "metric": metric, "margin": margin, "max_std": spread,
+                        "beats_by_2_std": bool(margin > 2 * spread),
+                        "margin_in_std": margin / spread if spread > 0 else math.inf})
+    return out
+
+
+def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], config: NodeExperimentConfig,
+                   out_dir: Optional[str | Path] = None, keep_runs: bool = False, log=print) -> Dict:
+    """Train every model on every seed; write the table, plot and JSON to ``out_dir`` (when given).
+
+    Returns {"records", "rows", "margins", "table", "paths", "seconds"}.
+    """
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown}; expected some of {', '.join(MODELS)}")
+    if not seeds:
+        raise ConfigError("expected at least one seed")
+    start = time.perf_counter()
+    data = load_dataset(dataset, config.data_options)
+    records: List[Dict] = []
+    run_root = Path(out_dir) / "runs" if (out_dir is not None and keep_runs) else None
+    for name in models:
+        for record in run_seeds(name, data, seeds, config, run_root=run_root):
+            records.append(record)
+            log(f"{name:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
+                f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
+                f"epoch {record['best_epoch']}, {record['seconds']:.1f}s)")
+    rows = summarise(records, "method", METRICS)
+    references = PAPER_RESULTS.get(Path(dataset).name.lower())
+    title = f"{Path(dataset).name}: test Micro-F1 / Macro-F1, mean ± std over {len(seeds)} seed(s)"
+    table = markdown_table(rows, METRICS, labels=LABELS, references=references, title=title)
+    margins = fusion_margins(rows)
+    seconds = time.perf_counter() - start
+    paths = {}
+    if out_dir is not None:
+        from node_tasks.train import experiment_as_dict
+
+        paths = write_comparison(records, out_dir, METRICS, title, labels=LABELS, references=references,
+                                 extra={"dataset": dataset, "seeds": list(seeds), "margins": margins,
+                                        "config": experiment_as_dict(config), "seconds": seconds})
+    return {"records": records, "rows": rows, "margins": margins, "table": table, "paths": paths, "seconds": seconds}
+
+
+def resolve_config(dataset: str, config_path: Optional[str], overrides: Sequence[str]) -> NodeExperimentConfig:
+    """The experiment config: ``--config`` or configs/hgnn_ima/<dataset>.yaml or the built-in defaults."""
+    path = Path(config_path) if config_path else default_config_path(dataset)
+    if path is None:
+        from imf_kg.config import apply_overrides
+
+        return apply_overrides(NodeExperimentConfig(dataset=dataset), overrides)
+    config = load_config(path, NodeExperimentConfig, overrides)
+    if config_path is None or config.dataset != dataset:
+        config = replace(config, dataset=dataset)
+    return config

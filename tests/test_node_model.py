@@ -1,0 +1,128 @@
+"""HGNNIMA model, its losses (L_cro, L_att from presence masks) and the baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imf_kg.errors import ConfigError
+from node_tasks.baselines import FeatureMLP, HGTEarlyFusion, HGTLateFusion
+from node_tasks.layers import EdgeAttention
+from node_tasks.losses import (LossWeights, NodeClassificationLoss, cross_entropy_loss, loss_weights_for,
+                               missing_modality_attention_loss)
+from node_tasks.model import HGNNIMA, NodeOutputs, graph_inputs, in_dims_from_data
+from test_node_layers import tiny_graph
+
+
+def test_model_outputs_shapes_and_present_modalities():
+    data = tiny_graph()
+    model = HGNNIMA.from_data(data, hidden=16, heads=2, layers=2)
+    x, edges, masks = graph_inputs(data)
+    out = model(x, edges, masks, return_attention=True)
+    n = data["movie"].num_nodes
+    assert out.logits.shape == (n, 3)
+    assert set(out.modality_logits) == {"text", "image"}
+    assert all(v.shape == (n, 3) for v in out.modality_logits.values())
+    torch.testing.assert_close(out.modality_masks["image"], data["movie"].mask_image)
+    assert len(out.attention) == 2
+    # the last layer only updates the target type: only edge types into movies
+    assert all(et[2] == "movie" for et in out.attention[-1])
+    assert in_dims_from_data(data)["actor"] == {"text": 6}  # actors have no image at all
+
+
+def test_model_configuration_errors():
+    data = tiny_graph()
+    with pytest.raises(ConfigError, match="ablation"):
+        HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, ablations=("-magic",))
+    with pytest.raises(ConfigError, match="input_projection"):  # text 6 wide, image 4 wide
+        HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, variant="reference")
+
+
+def test_cross_entropy_is_the_poster_l_cro():
+    torch.manual_seed(0)
+    logits, text, image = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    image_present = torch.tensor([True, False, True, True, True])
+    out = NodeOutputs(logits, {"text": text, "image": image},
+                      {"text": torch.ones(5, dtype=torch.bool), "image": image_present})
+    index = torch.tensor([0, 1, 2])
+    loss, logs = cross_entropy_loss(out, labels, index, individual_weight=1.0)
+    expected = (F.cross_entropy(logits[index], labels[index]) + F.cross_entropy(text[index], labels[index])
+                + F.cross_entropy(image[[0, 2]], labels[[0, 2]])) / 3  # node 1 has no image: not in CE(O^image)
+    torch.testing.assert_close(loss, expected)
+    fused_only, _ = cross_entropy_loss(out, labels, index, individual_weight=0.0)
+    torch.testing.assert_close(fused_only, F.cross_entropy(logits[index], labels[index]))
+
+
+def test_attention_loss_is_derived_from_presence_masks_not_names():
+    # one layer, two edge types; lambda chosen by hand
+    lam_a = torch.tensor([[[0.9], [0.2], [0.6]], [[0.1], [0.8], [0.4]]])  # (M=2, E=3, H=1): text, image
+    lam_b = torch.tensor([[[0.5], [0.3]], [[0.5], [0.7]]])
+    ones = torch.ones(3, 1)
+    attention = [{("u", "r1", "t"): EdgeAttention(("text", "image"), lam_a, lam_a, ones, ones),
+                  ("w", "r2", "t"): EdgeAttention(("text", "image"), lam_b, lam_b, ones[:2], ones[:2])}]
+    edges = {("u", "r1", "t"): torch.tensor([[0, 1, 2], [0, 0, 1]]), ("w", "r2", "t"): torch.tensor([[0, 1], [1, 1]])}
+    masks = {"u": {"text": torch.tensor([True, True, True]), "image": torch.tensor([True, False, False])},
+             "w": {"text": torch.tensor([False, True]), "image": torch.tensor([True, True])},
+             "t": {"text": torch.ones(2, dtype=torch.bool), "image": torch.ones(2, dtype=torch.bool)}}
+    value = missing_modality_attention_loss(attention, edges, masks)
+    # penalised: image on u-edges 1, 2 (0.8, 0.4) and text on the w-edge from node 0 (0.5)
+    torch.testing.assert_close(value, torch.tensor((0.8 + 0.4 + 0.5) / 3))
+    renamed = [{("u", "anything", "t"): attention[0][("u", "r1", "t")], ("w", "else", "t"): attention[0][("w", "r2", "t")]}]
+    renamed_edges = {("u", "anything", "t"): edges[("u", "r1", "t")], ("w", "else", "t"): edges[("w", "r2", "t")]}
+    torch.testing.assert_close(missing_modality_attention_loss(renamed, renamed_edges, masks), value)
+    masks["u"]["image"][:] = True
+    masks["w"]["text"][:] = True
+    assert float(missing_modality_attention_loss(attention, edges, masks)) == 0.0
+
+
+@pytest.mark.parametrize("missing,positive", [("placeholder", True), ("mask", False)])
+def test_attention_loss_bites_only_in_placeholder_mode(missing, positive):
+    data = tiny_graph(seed=1)
+    model = HGNNIMA.from_data(data, hidden=16, heads=2, layers=2, missing_modality=missing)
+    x, edges, masks = graph_inputs(data)
+    out = model(x, edges, masks, return_attention=True)
+    loss_fn = NodeClassificationLoss(LossWeights(individual=1.0, attention=1.0))
+    loss, logs = loss_fn(out, data["movie"].y, data["movie"].train_mask, edges, masks)
+    assert (logs["l_att"] > 0.05) == positive
+    if positive:
+        loss.backward()  # L_att trains the inter-modal attention
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layers[0].w_mod.parameters())
+
+
+def test_loss_ablations():
+    assert loss_weights_for(["-latt"]) == LossWeights(individual=1.0, attention=0.0)
+    assert loss_weights_for(["lind"], LossWeights(0.5, 2.0)) == LossWeights(individual=0.0, attention=2.0)
+    with pytest.raises(ConfigError):
+        loss_weights_for(["nope"])
+
+
+@pytest.mark.parametrize("cls", [HGTEarlyFusion, HGTLateFusion])
+def test_hgt_baselines_run_and_train(cls):
+    data = tiny_graph(seed=2)
+    model = cls.from_data(data, hidden=16, heads=2, layers=2)
+    x, edges, masks = graph_inputs(data)
+    out = model(x, edges, masks)
+    assert out.logits.shape == (data["movie"].num_nodes, 3)
+    loss = F.cross_entropy(out.logits, data["movie"].y)
+    loss.backward()
+    trained = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert any("projections" in n for n in trained) and any("classifier" in n for n in trained)
+    if cls is HGTLateFusion:
+        assert set(out.modality_logits) == {"text", "image"}
+        present = out.modality_masks["image"]
+        expected = (out.modality_logits["text"] + out.modality_logits["image"] * present.unsqueeze(-1)) \
+            / (1 + present.float()).unsqueeze(-1)
+        torch.testing.assert_close(out.logits, expected)
+
+
+def test_mlp_uses_only_the_nodes_own_features():
+    data = tiny_graph(seed=3)
+    model = FeatureMLP.from_data(data, hidden=8, layers=2).eval()
+    x, edges, masks = graph_inputs(data)
+    before = model(x, edges, masks).logits
+    x["actor"]["text"] = torch.randn_like(x["actor"]["text"])
+    after = model(x, {}, masks).logits
+    torch.testing.assert_close(before, after)
+    assert before.shape == (data["movie"].num_nodes, 3)

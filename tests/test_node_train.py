@@ -1,0 +1,177 @@
+"""Training node classifiers: the task, selection on validation, mini-batches, run_seeds, configs and the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from imf_kg.config import load_config
+from imf_kg.io import read_jsonl
+from node_tasks.cli import main
+from node_tasks.compare import fusion_margins
+from node_tasks.synthetic import make_synthetic
+from node_tasks.train import (MODELS, ModelConfig, NodeClassificationTask, NodeExperimentConfig, OptimConfig,
+                              TorchNeighborSampler, build_model, build_optimizer, make_neighbor_loader, run_seeds,
+                              train_and_test)
+from node_tasks.losses import NodeClassificationLoss
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "hgnn_ima").glob("*.yaml"))
+SMALL = {"nodes": {"paper": 90, "author": 60, "venue": 6}, "feature_dim": 8, "own_signal": 1.5, "noise": 0.6}
+
+
+def small_data(seed: int = 0):
+    return make_synthetic(seed=seed, **SMALL)
+
+
+def small_config(name: str = "ima", epochs: int = 12, **train) -> NodeExperimentConfig:
+    config = NodeExperimentConfig(data_options={"seed": 0, **SMALL})
+    return replace(config, model=ModelConfig(name=name, hidden=16, heads=2, layers=2),
+                   optim=OptimConfig(lr=0.01), train=replace(config.train, epochs=epochs, device="cpu", **train))
+
+
+def test_full_batch_training_learns_selects_on_validation_and_tests_once(tmp_path, monkeypatch):
+    data = small_data()
+    evaluated = []
+    original = NodeClassificationTask.evaluate
+
+    def counting(self, model, split="test"):
+        evaluated.append(split)
+        return original(self, model, split)
+
+    monkeypatch.setattr(NodeClassificationTask, "evaluate", counting)
+    record = train_and_test(small_config(epochs=15), data, tmp_path / "run", seed=0)
+    assert evaluated.count("test") == 1 and evaluated.count("val") == 15
+    assert record["micro_f1"] > 0.55 and record["val_macro_f1"] > 0.55  # chance is 1/3
+    history = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    best = max(r["valid/macro_f1"] for r in history)
+    assert record["val_macro_f1"] == pytest.approx(best)
+    assert (tmp_path / "run" / "training_curve.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["ima-ref", "hgt-late", "mlp"])
+def test_run_seeds_one_record_per_seed(name):
+    data = small_data()
+    records = run_seeds(name, data, [0, 1], small_config(epochs=1))
+    assert [r["seed"] for r in records] == [0, 1]
+    assert all(r["method"] == name and 0.0 <= r["macro_f1"] <= 1.0 for r in records)
+
+
+def test_every_model_name_builds():
+    data = small_data()
+    for name in MODELS:
+        model, ablations = build_model(name, data, ModelConfig(hidden=16, heads=2, layers=2))
+        assert name.startswith("ima-") == bool(ablations) or name == "ima-ref"
+
+
+def test_neighbor_sampler_seeds_first_real_edges_and_fanout():
+    data = small_data()
+    target = data.target_node_type
+    fanout = [2, 3]
+    sampler = TorchNeighborSampler(data, fanout)
+    loader = make_neighbor_loader(data, data[target].train_mask, fanout, batch_size=7, shuffle=False)
+    train_ids = data[target].train_mask.nonzero().flatten()
+    batch = next(iter(loader))
+    assert batch[target].batch_size == 7
+    torch.testing.assert_close(batch[target].n_id[:7], train_ids[:7])
+    for et in batch.edge_types:
+        local = batch[et].edge_index
+        if local.numel() == 0:
+            continue
+        global_pairs = torch.stack([batch[et[0]].n_id[local[0]], batch[et[2]].n_id[local[1]]])
+        original = {tuple(p) for p in data[et].edge_index.t().tolist()}
+        assert all(tuple(p) in original for p in global_pairs.t().tolist())
+        # first hop: each seed keeps at most fanout[0] in-edges per edge type
+        if et[2] == target:
+            per_seed = torch.bincount(local[1][local[1] < 7], minlength=7)
+            assert int(per_seed.max()) <= fanout[0]
+    assert sampler.num_neighbors == fanout
+
+
+def test_minibatch_training_path_runs(tmp_path):
+    data = small_data()
+    config = small_config(epochs=2)
+    config = replace(config, mini_batch=replace(config.mini_batch, batch_size=8, num_neighbors=(4, 4)))
+    record = train_and_test(config, data, tmp_path / "mb", seed=0)
+    assert 0.0 <= record["macro_f1"] <= 1.0
+    history = read_jsonl(tmp_path / "mb" / "metrics.jsonl")
+    assert history[0]["batches"] == -(-int(data["paper"].train_mask.sum()) // 8)
+    model, _ = build_model("ima", data, ModelConfig(hidden=16, heads=2, layers=2))
+    task = NodeClassificationTask(data, NodeClassificationLoss(), batch_size=8, num_neighbors=(4, 4))
+    loss, logs = task.training_step(model, next(iter(task.train_batches(1, torch.Generator().manual_seed(0)))))
+    assert torch.isfinite(loss) and "ce_fused" in logs
+
+
+def test_onecycle_warms_up_and_short_runs_work():
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-3), steps=100)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 25)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3, rel=0.05)
+    assert build_optimizer(model, OptimConfig(), steps=3)[1] is None
+    build_optimizer(model, OptimConfig(), steps=20)  # warm-up shorter than two steps must not divide by zero
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load_and_build(path):
+    config = load_config(path, NodeExperimentConfig)
+    assert config.paper.get("citation") or config.notes  # every config names its source
+    model, _ = build_model(config.model.name, small_data(), replace(config.model, hidden=16, heads=2))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_fusion_margins_verdict():
+    rows = [{"method": "ima", "micro_f1_mean": 0.8, "micro_f1_std": 0.01, "macro_f1_mean": 0.8, "macro_f1_std": 0.01},
+            {"method": "hgt-early", "micro_f1_mean": 0.75, "micro_f1_std": 0.02, "macro_f1_mean": 0.78,
+             "macro_f1_std": 0.02}]
+    margins = {m["metric"]: m for m in fusion_margins(rows)}
+    assert margins["micro_f1"]["beats_by_2_std"] is True  # 0.05 > 2 * 0.02
+    assert margins["macro_f1"]["beats_by_2_std"] is False  # 0.02 < 2 * 0.02
+
+
+def _write_small_config(tmp_path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(
+        "dataset: synthetic\n"
+        "data_options: {seed: 0, nodes: {paper: 90, author: 60, venue: 6}, feature_dim: 8}\n"
+        "model: {name: ima, hidden: 16, heads: 2, layers: 2}\n"
+        "train: {epochs: 2, device: cpu, metric: macro_f1, progress: false}\n"
+        "notes: [test]\n")
+    return path
+
+
+def test_cli_train_and_compare(tmp_path, capsys):
+    config = _write_small_config(tmp_path)
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["method"] == "ima"
+    assert "test Micro-F1" in capsys.readouterr().out
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    out = tmp_path / "cmp"
+    assert main(["compare", "--dataset", "synthetic", "--config", str(config), "--models", "ima,mlp",
+                 "--seeds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| ima | 2 |" in printed and "Micro-F1" in printed
+    assert {p.name for p in out.iterdir()} >= {"comparison.md", "comparison.png", "comparison.json"}
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["compare", "--models", "ima,nope", "--seeds", "1"], "nope"),
+    (["compare", "--seeds", "zero"], "--seeds"),
+    (["train", "--config", "missing.yaml"], "missing.yaml"),
+])
+def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "compare" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and err.startswith("node-tasks: error:")
+
+
+def test_cli_bad_override_names_the_key(tmp_path, capsys):
+    config = _write_small_config(tmp_path)
+    assert main(["train", "--config", str(config), "--set", "model.hiden=8", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "hiden" in capsys.readouterr().err
