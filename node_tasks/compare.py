@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from imf_kg.config import load_config
-from imf_kg.errors import ConfigError, ToolkitError
+from imf_kg.errors import ConfigError
 from imf_kg.reporting import markdown_table, summarise, write_comparison
 from node_tasks.train import MODELS, NodeExperimentConfig, run_seeds
 
@@ -37,26 +37,14 @@ PAPER_RESULTS = {
 
 
 def load_dataset(name: str, options: Optional[Mapping] = None):
-    """``synthetic`` (node_tasks.synthetic.make_synthetic(**options)), ``imdb`` or a folder path.
+    """``synthetic``, ``imdb`` or a dataset folder, through :func:`node_tasks.data.load_dataset` (which also
+    checks the data contract); ``options`` are the loader's keyword arguments (``data_options`` in configs)."""
+    from node_tasks.data import load_dataset as load
 
-    ``imdb`` and folders go through the loaders of :mod:`node_tasks.data`; the result is checked against
-    the data contract.
-    """
-    options = dict(options or {})
-    if name == "synthetic":
-        from node_tasks.synthetic import make_synthetic
-
-        try:
-            return make_synthetic(**options)
-        except TypeError as err:
-            raise ConfigError(f"data_options for the synthetic dataset: {err}") from None
-    from node_tasks import data as data_module
-
-    loader = getattr(data_module, "load_dataset", None)
-    if loader is None:
-        raise ToolkitError(f"dataset {name!r}: this build's node_tasks.data has no load_dataset(); "
-                           "only 'synthetic' is available")
-    return loader(name, **options)
+    try:
+        return load(name, **dict(options or {}))
+    except TypeError as err:  # an unknown data_options key
+        raise ConfigError(f"data_options for dataset {name!r}: {err}") from None
 
 
 def default_config_path(dataset: str) -> Optional[Path]:

@@ -169,8 +169,8 @@ class NodeClassificationTask:
 
     def training_step(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
         graph, seeds = self._graph_and_seeds(model, batch, "train")
-        outputs = self._forward(model, graph, attention=self.loss.needs_attention)
         x, edges, masks = graph_inputs(graph)
+        outputs = model(x, edges, masks, return_attention=self.loss.needs_attention)
         return self.loss(outputs, graph[self.target].y, seeds, edges, masks)
 
     def validate(self, model: nn.Module) -> Dict[str, float]:
@@ -191,7 +191,7 @@ class NodeClassificationTask:
             mask = self.data[self.target][f"{split}_mask"]
             if self.batch_size is None:
                 graph, index = self._graph_and_seeds(model, None, split)
-                logits = self._forward(model, graph, attention=False).logits[index]
+                logits = self._forward(model, graph).logits[index]
                 labels = graph[self.target].y[index]
             else:
                 logits, labels = [], []
@@ -199,7 +199,7 @@ class NodeClassificationTask:
                                               shuffle=False)
                 for batch in loader:
                     graph, seeds = self._graph_and_seeds(model, batch, split)
-                    logits.append(self._forward(model, graph, attention=False).logits[seeds])
+                    logits.append(self._forward(model, graph).logits[seeds])
                     labels.append(graph[self.target].y[seeds])
                 logits, labels = torch.cat(logits), torch.cat(labels)
             return f1_scores(logits.float(), labels)
@@ -216,9 +216,9 @@ class NodeClassificationTask:
         graph = batch.to(device)
         return graph, torch.arange(int(batch[self.target].batch_size), device=device)
 
-    def _forward(self, model, graph, attention: bool) -> NodeOutputs:
-        x, edges, masks = graph_inputs(graph)
-        return model(x, edges, masks, return_attention=attention)
+    @staticmethod
+    def _forward(model, graph) -> NodeOutputs:
+        return model(*graph_inputs(graph))
 
 
 class TorchNeighborSampler(BaseSampler):
@@ -362,7 +362,7 @@ def train_and_test(config: NodeExperimentConfig, data, run_dir, seed: Optional[i
     model, ablations = build_model(config.model.name, data, config.model)
     loss = NodeClassificationLoss(loss_weights_for(ablations, config.loss))
     batch_size = config.mini_batch.batch_size
-    task = NodeClassificationTask(data, loss, batch_size, _fanout(config, model), config.mini_batch.eval_batch_size)
+    task = NodeClassificationTask(data, loss, batch_size, _fanout(config), config.mini_batch.eval_batch_size)
     steps_per_epoch = 1 if batch_size is None else -(-int(data[data.target_node_type].train_mask.sum()) // batch_size)
     optimizer, scheduler = build_optimizer(model, config.optim, steps_per_epoch * train_config.epochs)
     start = time.perf_counter()
@@ -377,10 +377,9 @@ def train_and_test(config: NodeExperimentConfig, data, run_dir, seed: Optional[i
     }
 
 
-def _fanout(config: NodeExperimentConfig, model: nn.Module) -> List[int]:
-    hops = len(getattr(model, "layers", None) or getattr(getattr(model, "encoder", None), "convs", []) or []) \
-        or config.model.layers
-    fanout = list(config.mini_batch.num_neighbors)
+def _fanout(config: NodeExperimentConfig) -> List[int]:
+    """One neighbour count per hop = per model layer (the last entry repeats; empty means all neighbours)."""
+    hops, fanout = config.model.layers, list(config.mini_batch.num_neighbors)
     return (fanout + fanout[-1:] * hops)[:hops] if fanout else [-1] * hops
 
 
