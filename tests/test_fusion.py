@@ -39,11 +39,17 @@ def _randomise(module):
 
 
 # ---------------------------------------------------------------------------------------------- Tucker
-@pytest.mark.parametrize("dims,latent", [([3, 4], None), ([3, 4, 2], None), ([3, 4, 2], 3), ([2, 3], 2)])
-def test_tucker_forward_equals_full_multi_mode_product(dims, latent):
-    """p = p_c x_1 M_1 ... x_M M_M x_{M+1} M_d, dense tensor rebuilt with tensorly, contracted mode by mode."""
-    fusion = _randomise(TuckerFusion(dims, out_dim=4, rank=5, latent_dim=latent).double()).eval()
-    xs = _inputs(dims)
+@pytest.mark.parametrize("dims,latent,normalize", [
+    ([3, 4], None, False), ([3, 4, 2], None, False), ([3, 4, 2], 3, False), ([2, 3], 2, False), ([3, 4, 2], 3, True),
+])
+def test_tucker_forward_equals_full_multi_mode_product(dims, latent, normalize):
+    """p = p_c x_1 M_1 ... x_M M_M x_{M+1} M_d, dense tensor rebuilt with tensorly, contracted mode by mode
+    (with the inputs RMS-normalised first when ``normalize_inputs``)."""
+    fusion = _randomise(TuckerFusion(dims, out_dim=4, rank=5, latent_dim=latent, normalize_inputs=normalize)
+                        .double()).eval()
+    xs = raw = _inputs(dims)
+    if normalize:
+        xs = [x / x.pow(2).mean(dim=1, keepdim=True).sqrt() for x in raw]
     weight = fusion.full_weight()
     assert weight.shape == tuple(d + 1 for d in dims) + (4,)
     with backend_context("pytorch", local_threadsafe=True):
@@ -51,7 +57,7 @@ def test_tucker_forward_equals_full_multi_mode_product(dims, latent):
             multi_mode_dot(weight, [torch.cat([x[b], x.new_ones(1)]) for x in xs], modes=list(range(len(dims))))
             for b in range(xs[0].shape[0])
         ])
-    torch.testing.assert_close(fusion(xs), expected)
+    torch.testing.assert_close(fusion(raw), expected)
 
 
 def test_tucker_full_core_is_the_cp_sum_written_out():
@@ -80,19 +86,33 @@ def test_tucker_shapes_and_gradients_reach_every_parameter(latent):
 
 def test_tucker_is_multilinear_in_each_modality():
     """Scaling one input by a scales the non-constant part linearly: f(a x1, x2) - f(0, x2) = a (f(x1, x2) - f(0, x2))."""
-    fusion = _randomise(TuckerFusion([3, 4], out_dim=2, rank=6).double()).eval()
+    fusion = _randomise(TuckerFusion([3, 4], out_dim=2, rank=6, normalize_inputs=False).double()).eval()
     x1, x2 = _inputs([3, 4])
     base = fusion([torch.zeros_like(x1), x2])
     torch.testing.assert_close(fusion([2.5 * x1, x2]) - base, 2.5 * (fusion([x1, x2]) - base))
 
 
-def test_tucker_starts_without_a_constant_term_and_at_input_scale():
+def test_tucker_output_scale_does_not_depend_on_input_scale():
+    """RMS-normalised inputs: three 0.01-scale embeddings fuse to unit-scale vectors, not 1e-6 ones."""
+    torch.manual_seed(0)
     fusion = TuckerFusion([16, 16, 16], out_dim=16, rank=64).eval()
-    zeros = [torch.zeros(1, 16)] * 3
-    assert fusion(zeros).abs().max() < 1e-5  # (A^out)^T 1 = 0 at initialisation
-    xs = [0.05 * torch.randn(256, 16) for _ in range(3)]
-    ratio = fusion(xs).std() / 0.05
-    assert 0.3 < ratio < 5  # the fused embedding starts at the inputs' scale, not 1 or 1e-4
+    xs = [torch.randn(256, 16) for _ in range(3)]
+    unit = fusion(xs)
+    torch.testing.assert_close(fusion([0.01 * x for x in xs]), unit, rtol=1e-4, atol=1e-5)
+    assert 0.3 < float(unit.detach().std()) < 3
+    raw = TuckerFusion([16, 16, 16], out_dim=16, rank=64, normalize_inputs=False).eval()
+    assert float(raw([0.01 * x for x in xs]).detach().std()) < 1e-4  # the problem the normalisation removes
+
+
+def test_every_fusion_exposes_per_modality_representations():
+    xs = [torch.randn(5, 4), torch.randn(5, 6)]
+    tucker = TuckerFusion([4, 6], out_dim=3, rank=7).eval()
+    assert [r.shape for r in tucker.modality_representations(xs)] == [(5, 7), (5, 7)]
+    concat = ConcatFusion([4, 6], out_dim=3).eval()
+    parts = concat.modality_representations(xs)
+    torch.testing.assert_close(parts[0] + parts[1] + concat.projection.bias, concat(xs))
+    mutan = ReferenceMutanFusion([4, 6], out_dim=3, rank=2).eval()
+    assert [r.shape for r in mutan.modality_representations(xs)] == [(5, 6), (5, 6)]
 
 
 def test_tucker_rejects_single_modality_and_wrong_arity():

@@ -293,3 +293,20 @@ def test_flops_match_the_flop_counter(variant, overrides):
     with FlopCounterMode(display=False) as counter:
         model.score_outputs(heads, relations)
     assert counter.get_total_flops() == model.flops(len(heads), unique, cached_candidates=True)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_fusion_trains_the_modality_embeddings_only_when_not_detached(detach):
+    model = _model(detach_fusion_inputs=detach, contrastive_weight=0.0).train()
+    heads, relations, _ = _batch()
+    model.score_outputs(heads, relations)["tucker"].sum().backward()
+    structure_grad = model.entity_embeddings["structure"].weight.grad
+    projection_grad = model.entity_embeddings["text"].projection.weight.grad
+    if detach:
+        assert structure_grad is None and projection_grad is None
+    else:
+        assert structure_grad.abs().sum() > 0 and projection_grad.abs().sum() > 0
+    assert model.entity_fusion.core_output.grad.abs().sum() > 0
+    model.zero_grad()
+    model.contrastive_loss(heads).backward()  # acts on the fusion's own modality representations
+    assert model.entity_fusion.core_factors[0].grad.abs().sum() > 0

@@ -38,6 +38,12 @@ class ConcatFusion(nn.Module):
             raise ValueError(f"expected {len(self.in_dims)} modality tensors, got {len(inputs)}")
         return self.projection(self.dropout(torch.cat(list(inputs), dim=-1)))
 
+    def modality_representations(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each modality's share of the projection, ``x_m W_m^T`` ``(batch, out_dim)``, where ``W = [W_1 .. W_M]``
+        (the fused output is their sum plus the bias); IMF's contrastive term applies to these."""
+        blocks = self.projection.weight.split(self.in_dims, dim=1)
+        return [self.dropout(x) @ block.t() for x, block in zip(inputs, blocks)]
+
     def flops_per_row(self) -> int:
         return 2 * sum(self.in_dims) * self.out_dim
 

@@ -66,6 +66,11 @@ class ReferenceMutanFusion(nn.Module):
             total = term if total is None else total + term
         return torch.relu(total)
 
+    def modality_representations(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each modality's factors ``[u^m_1; ...; u^m_P]``, ``(batch, P * out_dim)`` (for a contrastive term; the
+        published code never calls one)."""
+        return [torch.cat([branch(x) for branch in self.branches[m]], dim=-1) for m, x in enumerate(inputs)]
+
     def flops_per_row(self) -> int:
         return 2 * self.rank * sum(self.in_dims) * self.out_dim
 

@@ -21,15 +21,20 @@ where ``*`` is the element-wise product. This is MUTAN's rank-constrained Tucker
 the output factor ``A^out`` fixed to R stacked identities, so a dense ``A^out`` only generalises it.
 
 The bias ``b_m`` is the homogeneous coordinate of Tensor Fusion Networks (Zadeh et al. 2017): it equals
-appending a constant 1 to ``x_m M_m``, so the product still is an exact Tucker product of the augmented
-vectors, and it also contains every lower-order (uni- and bi-modal) term. It is initialised to 1 so that,
-at the start, the fused vector is close to a sum of linear terms and gradients do not vanish when the
-modality embeddings are small (a pure product of three ~0.01-scale embeddings would be ~1e-6); the output
-factor starts with zero-sum columns so that the constant term is 0 at the start (see reset_parameters).
+appending a constant 1 to ``x_m M_m``, so the product is still an exact Tucker product of the augmented
+vectors and can learn lower-order (uni- and bi-modal) terms. It starts at 0: starting it at 1 (TFN's
+constant) made the fused scorer clearly worse in a UMLS check (valid MRR about 0.45-0.49 against 0.59-0.63,
+structure + MiniLM text, d = 64, 30 epochs).
 
-The map is multilinear in the inputs (no non-linearity), exactly as the paper's formula; :meth:`full_core`
-and :meth:`full_weight` rebuild the dense tensors with tensorly, for analysis and for the test that the
-decomposed forward equals the full multi-mode product.
+Scale. A product of M modality vectors vanishes or explodes with their scales (a learned structure table of
+15k entities starts around 0.01, three such factors give 1e-6). With ``normalize_inputs`` (default) each
+input row is first divided by its root mean square, ``x / sqrt(mean(x^2) + eps)``, so every factor has
+unit-scale entries whatever the encoder; the fusion is then multilinear in the normalised inputs. This is
+insurance for small embeddings and M >= 3: on UMLS (M = 2, embeddings around 0.1) it made no measurable
+difference (fused valid MRR 0.59 with, 0.60 without).
+
+:meth:`full_core` and :meth:`full_weight` rebuild the dense tensors with tensorly, for analysis and for the
+test that the decomposed forward equals the full multi-mode product.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class TuckerFusion(nn.Module):
             ``(L+1) x ... x (L+1) x L``. When ``None``, ``M_m`` and ``M_d`` are identities (folded into the
             core factors; cheaper and, without a non-linearity in between, equally expressive).
         dropout: dropout on each input embedding, during training.
+        normalize_inputs: divide each input row by its root mean square first (see the module docstring).
 
     Shapes:
         forward: list of ``M`` tensors ``(batch, d_m)`` -> ``(batch, out_dim)``.
@@ -68,6 +74,7 @@ class TuckerFusion(nn.Module):
         rank: int,
         latent_dim: int | None = None,
         dropout: float = 0.0,
+        normalize_inputs: bool = True,
     ):
         super().__init__()
         in_dims = [int(d) for d in in_dims]
@@ -80,6 +87,7 @@ class TuckerFusion(nn.Module):
         self.rank = int(rank)
         self.latent_dim = None if latent_dim is None else int(latent_dim)
         self.dropout = nn.Dropout(dropout)
+        self.normalize_inputs = bool(normalize_inputs)
         core_in = [self.latent_dim or d for d in in_dims]
         core_out = self.latent_dim or self.out_dim
         # Tucker factor matrices M_m (d_m x L) and M_d (L x out); absent (= identity) without latent_dim.
@@ -94,17 +102,12 @@ class TuckerFusion(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Unit-variance inputs give unit-variance h_m and p: each factor is N(0, 1/fan_in).
+        # Unit-scale inputs give unit-variance h_m and p: each factor is N(0, 1/fan_in); biases start at 0.
         for factor in list(self.modality_factors) + list(self.core_factors) + [self.core_output, self.output_factor]:
             if factor is not None:
                 nn.init.normal_(factor, std=1.0 / math.sqrt(factor.shape[0]))
         for bias in self.core_biases:
-            nn.init.ones_(bias)
-        with torch.no_grad():
-            # Zero-sum columns make the constant term (A^out)^T 1 vanish at the start, so the fused embedding
-            # begins as a sum of random linear maps of the inputs, at the inputs' scale (the 1-N logits
-            # c . p start near 0 instead of being dominated by one vector shared by all entities).
-            self.core_output.sub_(self.core_output.mean(dim=0, keepdim=True))
+            nn.init.zeros_(bias)
 
     @property
     def num_modalities(self) -> int:
@@ -116,11 +119,18 @@ class TuckerFusion(nn.Module):
             raise ValueError(f"expected {self.num_modalities} modality tensors, got {len(inputs)}")
         out = []
         for m, x in enumerate(inputs):
+            if self.normalize_inputs:
+                x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-12)
             x = self.dropout(x)
             if self.latent_dim:
                 x = x @ self.modality_factors[m]
             out.append(torch.addmm(self.core_biases[m], x, self.core_factors[m]))
         return out
+
+    def modality_representations(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each modality's own representation inside the fusion (where IMF's contrastive term applies):
+        the unified-space vectors ``h_m``, ``(batch, K)`` each."""
+        return self.unified(inputs)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fuse ``M`` modality embeddings ``(batch, d_m)`` into ``(batch, out_dim)`` (IMF Eq. 1)."""
@@ -167,7 +177,7 @@ class TuckerFusion(nn.Module):
         """The whole Tucker tensor ``p_c x_1 M_1 ... x_M M_M x_{M+1} M_d`` acting on ``[x_m; 1]``.
 
         Returns ``(d_1+1) x ... x (d_M+1) x out_dim``: contracting mode ``m`` with ``[x_m; 1]`` for every
-        modality gives :meth:`forward` (in eval mode).
+        modality gives :meth:`forward` in eval mode (with ``x_m`` RMS-normalised when ``normalize_inputs``).
         """
         import tensorly as tl
         from tensorly.backend import backend_context
@@ -189,4 +199,5 @@ class TuckerFusion(nn.Module):
             return tl.tucker_to_tensor((core, factors))
 
     def extra_repr(self) -> str:
-        return f"in_dims={self.in_dims}, out_dim={self.out_dim}, rank={self.rank}, latent_dim={self.latent_dim}"
+        return (f"in_dims={self.in_dims}, out_dim={self.out_dim}, rank={self.rank}, latent_dim={self.latent_dim}, "
+                f"normalize_inputs={self.normalize_inputs}")
