@@ -17,26 +17,36 @@ from node_tasks.model import NodeOutputs, in_dims_from_data
 
 
 def _concatenated_inputs(x_dict, mask_dict, in_dims) -> Dict[str, Tensor]:
-    """node type -> (n, sum of its modality widths): features of missing modalities are zeroed."""
+    """node type -> (n, sum of its modality widths): features of missing modalities are zeroed; a type
+    with no modality at all gets one zero column, so it still relays messages in the graph."""
     out = {}
     for nt, dims in in_dims.items():
+        if nt not in x_dict:
+            continue
         if dims:
             out[nt] = torch.cat([x_dict[nt][m] * mask_dict[nt][m].unsqueeze(-1) for m in dims], dim=-1)
+        else:
+            out[nt] = _zeros_column(x_dict[nt])
     return out
+
+
+def _zeros_column(features_by_modality: Dict[str, Tensor]) -> Tensor:
+    any_features = next(iter(features_by_modality.values()))
+    return any_features.new_zeros(any_features.size(0), 1)
 
 
 class HGTEncoder(nn.Module):
     """tanh(Linear) input projection per node type, then ``layers`` HGTConv (Hu et al., WWW 2020).
 
     Args:
-        metadata: (node types, edge types). in_dims: node type -> input width (types absent: no features,
-        left out of the graph). hidden, heads, layers: HGT sizes. dropout: on the states between layers.
+        metadata: (node types, edge types). in_dims: node type -> input width (>= 1 for every type).
+        hidden, heads, layers: HGT sizes. dropout: on the states between layers.
     """
 
     def __init__(self, metadata, in_dims: Dict[str, int], hidden: int, heads: int, layers: int, dropout: float = 0.2):
         super().__init__()
-        node_types = [nt for nt in metadata[0] if in_dims.get(nt)]
-        edge_types = [tuple(e) for e in metadata[1] if e[0] in node_types and e[2] in node_types]
+        node_types = list(metadata[0])
+        edge_types = [tuple(e) for e in metadata[1]]
         self.node_types, self.edge_types = node_types, edge_types
         self.projections = nn.ModuleDict({nt: nn.Linear(in_dims[nt], hidden) for nt in node_types})
         self.convs = nn.ModuleList([HGTConv(hidden, hidden, (node_types, edge_types), heads=heads) for _ in range(layers)])
@@ -63,8 +73,9 @@ class HGTEarlyFusion(nn.Module):
     def __init__(self, metadata, in_dims: Dict[str, Dict[str, int]], hidden: int, heads: int, layers: int,
                  num_classes: int, target_node_type: str, dropout: float = 0.2):
         super().__init__()
-        self.in_dims, self.target_node_type = in_dims, target_node_type
-        widths = {nt: sum(dims.values()) for nt, dims in in_dims.items()}
+        self.target_node_type = target_node_type
+        widths = {nt: sum(in_dims.get(nt, {}).values()) or 1 for nt in metadata[0]}
+        self.in_dims = {nt: in_dims.get(nt, {}) for nt in metadata[0]}
         self.encoder = HGTEncoder(metadata, widths, hidden, heads, layers, dropout)
         self.classifier = nn.Linear(hidden, num_classes)
 
@@ -81,8 +92,9 @@ class HGTEarlyFusion(nn.Module):
 class HGTLateFusion(nn.Module):
     """HGT late fusion: one HGT + classifier per modality; O = mean over modalities of O^m.
 
-    A node type without modality m is left out of modality m's graph; a target node without m
-    contributes its other modalities only (the mean runs over the modalities it has).
+    Every modality's HGT runs on the whole graph; nodes (and node types) without modality m enter it
+    with zero features, so they only relay messages. A target node without m contributes its other
+    modalities only (the mean runs over the modalities it has).
     """
 
     def __init__(self, metadata, in_dims: Dict[str, Dict[str, int]], hidden: int, heads: int, layers: int,
@@ -92,8 +104,9 @@ class HGTLateFusion(nn.Module):
         self.modalities = list(in_dims[target_node_type])
         if not self.modalities:
             raise ConfigError(f"target node type {target_node_type!r} has no modality with features")
+        self.in_dims = {nt: in_dims.get(nt, {}) for nt in metadata[0]}
         self.encoders = nn.ModuleDict({
-            m: HGTEncoder(metadata, {nt: dims[m] for nt, dims in in_dims.items() if m in dims}, hidden, heads, layers, dropout)
+            m: HGTEncoder(metadata, {nt: self.in_dims[nt].get(m, 1) for nt in metadata[0]}, hidden, heads, layers, dropout)
             for m in self.modalities
         })
         self.classifiers = nn.ModuleDict({m: nn.Linear(hidden, num_classes) for m in self.modalities})
@@ -107,8 +120,8 @@ class HGTLateFusion(nn.Module):
         target = self.target_node_type
         logits, masks = {}, {}
         for m in self.modalities:
-            inputs = {nt: x_dict[nt][m] * mask_dict[nt][m].unsqueeze(-1)
-                      for nt in self.encoders[m].node_types}
+            inputs = {nt: (x_dict[nt][m] * mask_dict[nt][m].unsqueeze(-1)) if m in self.in_dims[nt]
+                      else _zeros_column(x_dict[nt]) for nt in self.encoders[m].node_types if nt in x_dict}
             logits[m] = self.classifiers[m](self.encoders[m](inputs, edge_index_dict)[target])
             masks[m] = mask_dict[target][m].bool()
         stacked = torch.stack([logits[m] for m in self.modalities])  # (M, n, C)

@@ -16,7 +16,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from imf_kg.config import load_config
 from imf_kg.errors import ConfigError
 from imf_kg.reporting import markdown_table, summarise, write_comparison
-from node_tasks.train import MODELS, NodeExperimentConfig, run_seeds
+from torch import nn
+
+from node_tasks.losses import loss_weights_for
+from node_tasks.train import MODELS, NodeExperimentConfig, build_model, run_seeds
 
 DEFAULT_MODELS = ("ima", "ima-cross", "ima-align", "ima-latt", "ima-lind", "hgt-early", "hgt-late", "mlp")
 METRICS = ("micro_f1", "macro_f1")
@@ -89,7 +92,17 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
     data = load_dataset(dataset, config.data_options)
     records: List[Dict] = []
     run_root = Path(out_dir) / "runs" if (out_dir is not None and keep_runs) else None
+    trained: Dict[str, str] = {}  # training fingerprint -> the first model name trained with it
     for name in models:
+        fingerprint = training_fingerprint(name, data, config)
+        if fingerprint in trained:
+            # provably the same computation (e.g. ima-latt under hard masking, where L_att is identically 0)
+            source = trained[fingerprint]
+            same = [dict(r, method=name, same_as=source) for r in records if r["method"] == source]
+            records.extend(same)
+            log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
+            continue
+        trained[fingerprint] = name
         for record in run_seeds(name, data, seeds, config, run_root=run_root):
             records.append(record)
             log(f"{name:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
@@ -109,6 +122,17 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
                                  extra={"dataset": dataset, "seeds": list(seeds), "margins": margins,
                                         "config": experiment_as_dict(config), "seconds": seconds})
     return {"records": records, "rows": rows, "margins": margins, "table": table, "paths": paths, "seconds": seconds}
+
+
+def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
+    """Everything that determines a run of ``name``: the model's structure (its module tree, which names
+    every layer's variant, ablation switches and sizes) and the effective loss weights. L_att's weight is
+    dropped when the model masks missing modalities, since L_att is then identically 0."""
+    model, ablations = build_model(name, data, config.model)
+    weights = loss_weights_for(ablations, config.loss)
+    if getattr(model, "missing_modality", None) == "mask":
+        weights = replace(weights, attention=0.0)
+    return f"{nn.Module.__repr__(model)}|{weights}"
 
 
 def resolve_config(dataset: str, config_path: Optional[str], overrides: Sequence[str]) -> NodeExperimentConfig:

@@ -104,7 +104,9 @@ class HGNNIMA(nn.Module):
             only change the loss: :func:`node_tasks.losses.loss_weights_for`).
         missing_modality: ``"mask"`` (default for ``paper``) or ``"placeholder"`` (default for ``reference``).
         input_projection: ``"per_modality"`` (default for ``paper``: tanh(P_t^m x + b_t^m), spec 2) or
-            ``"shared"`` (the published missing variant: one P_t per node type, needs equal widths).
+            ``"shared"`` (the published missing variant: one P_t per node type, needs equal widths). The default
+            for ``reference`` is ``"shared"`` where every node type's modalities have one width, else
+            ``"per_modality"`` (the published code would crash there, spec 1.6); see ``repr(model)``.
         dropout: layer dropout; gate_dropout: (input, score) dropouts of the modality gate.
         final_attention: ``"softmax"`` (poster) or ``"product"`` (see :class:`HGNNIMALayer`).
     """
@@ -134,7 +136,10 @@ class HGNNIMA(nn.Module):
         self.ablations = normalise_ablations(ablations)
         self.variant = variant
         self.missing_modality = missing_modality or ("placeholder" if variant == "reference" else "mask")
-        self.input_projection = input_projection or ("shared" if variant == "reference" else "per_modality")
+        if input_projection is None:  # the published code shares one projection, which needs equal widths
+            equal_widths = all(len(set(d.values())) <= 1 for d in in_dims.values())
+            input_projection = "shared" if variant == "reference" and equal_widths else "per_modality"
+        self.input_projection = input_projection
         self.target_node_type = target_node_type
         self.modalities = sorted({m for dims in in_dims.values() for m in dims}, key=_first_seen_order(in_dims))
         if self.missing_modality == "placeholder":  # every type carries a state for every modality

@@ -32,6 +32,8 @@ from node_tasks.model import HGNNIMA, NodeOutputs, graph_inputs
 MODELS = {
     "ima": ("ima", {}),
     "ima-ref": ("ima", {"variant": "reference"}),
+    "ima-softmax": ("ima", {"final_attention": "softmax"}),  # the poster's softmax_j(b * gamma)
+    "ima-product": ("ima", {"final_attention": "product"}),  # beta proportional to b * gamma
     "ima-cross": ("ima", {"ablations": ("cross",)}),
     "ima-align": ("ima", {"ablations": ("align",)}),
     "ima-latt": ("ima", {"ablations": ("latt",)}),
@@ -117,7 +119,7 @@ def build_model(name: str, data, config: Optional[ModelConfig] = None) -> Tuple[
             variant=fixed.get("variant", config.variant), ablations=ablations,
             missing_modality=config.missing_modality, input_projection=config.input_projection,
             dropout=config.dropout, gate_dropout=tuple(config.gate_dropout),
-            final_attention=config.final_attention)
+            final_attention=fixed.get("final_attention", config.final_attention))
         return model, model.ablations
     graph_kwargs = dict(hidden=config.hidden, heads=config.heads, layers=config.layers, dropout=config.dropout)
     if kind == "hgt-early":

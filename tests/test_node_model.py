@@ -36,7 +36,9 @@ def test_model_configuration_errors():
     with pytest.raises(ConfigError, match="ablation"):
         HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, ablations=("-magic",))
     with pytest.raises(ConfigError, match="input_projection"):  # text 6 wide, image 4 wide
-        HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, variant="reference")
+        HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, variant="reference", input_projection="shared")
+    fallback = HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, variant="reference")
+    assert fallback.input_projection == "per_modality"
 
 
 def test_cross_entropy_is_the_poster_l_cro():
@@ -126,3 +128,13 @@ def test_mlp_uses_only_the_nodes_own_features():
     after = model(x, {}, masks).logits
     torch.testing.assert_close(before, after)
     assert before.shape == (data["movie"].num_nodes, 3)
+
+
+def test_reference_shares_the_input_projection_when_widths_match():
+    data = tiny_graph()
+    for nt in ("movie", "director"):
+        data[nt].x_image = torch.randn(data[nt].num_nodes, 6) * data[nt].mask_image.unsqueeze(-1)
+    model = HGNNIMA.from_data(data, hidden=16, heads=2, layers=1, variant="reference")
+    assert model.input_projection == "shared" and set(model.projections) == {"movie", "actor", "director"}
+    x, edges, masks = graph_inputs(data)
+    assert model(x, edges, masks).logits.shape == (data["movie"].num_nodes, 3)

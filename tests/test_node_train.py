@@ -175,3 +175,32 @@ def test_cli_bad_override_names_the_key(tmp_path, capsys):
     config = _write_small_config(tmp_path)
     assert main(["train", "--config", str(config), "--set", "model.hiden=8", "--run-dir", str(tmp_path / "r")]) == 2
     assert "hiden" in capsys.readouterr().err
+
+
+def test_training_fingerprint_reuses_only_provably_identical_runs():
+    from node_tasks.compare import training_fingerprint
+
+    data = small_data()
+    config = small_config()
+    same = {n: training_fingerprint(n, data, config) for n in ("ima", "ima-latt", "ima-lind", "ima-align", "hgt-late")}
+    assert same["ima"] == same["ima-latt"]  # hard masking: L_att is identically 0
+    assert len({same[n] for n in ("ima", "ima-lind", "ima-align", "hgt-late")}) == 4
+    placeholder = replace(config, model=replace(config.model, missing_modality="placeholder"))
+    assert training_fingerprint("ima", data, placeholder) != training_fingerprint("ima-latt", data, placeholder)
+
+
+@pytest.mark.realdata
+def test_every_model_runs_on_real_imdb(shared_data, tmp_path):
+    """IMDB from shared/data (numeric + keyword modalities; no text encoder, so it stays fast)."""
+    from node_tasks.compare import load_dataset
+
+    data = load_dataset("imdb", {"root": str(shared_data / "mmhn" / "IMDB"), "modalities": ["numeric", "keywords"],
+                                 "max_keywords": 300})
+    assert data.target_node_type == "movie" and data["movie"].num_nodes > 4000
+    for name in ("ima", "ima-ref", "hgt-early", "hgt-late", "mlp"):
+        model, _ = build_model(name, data, ModelConfig(hidden=16, heads=2, layers=2))
+        task = NodeClassificationTask(data, NodeClassificationLoss())
+        loss, _ = task.training_step(model, None)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert 0.0 <= task.evaluate(model, "val")["macro_f1"] <= 1.0
