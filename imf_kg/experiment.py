@@ -13,6 +13,7 @@ Model selection uses validation only; the test split is evaluated once, on the s
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ import torch
 from imf_kg.config import config_to_dict, load_config, save_config
 from imf_kg.data import KnowledgeGraph, load_kg
 from imf_kg.errors import ConfigError, RunDirExistsError, ToolkitError
-from imf_kg.io import atomic_write_json, atomic_write_text
+from imf_kg.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from imf_kg.models.imf import IMF, IMFConfig, STRUCTURE
-from imf_kg.training import OneToNTask, TrainConfig, Trainer, resolve_device, seed_everything
+from imf_kg.training import OneToNTask, TrainConfig, Trainer, is_main_process, resolve_device, seed_everything
+from imf_kg.training import distributed
 
 STRUCTURE_ONLY = "structure-only"
 
@@ -245,15 +247,21 @@ def train_one(kg, cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, overwrite: bool = False, resume: bool = False,
                    progress: bool = True) -> dict[str, Any]:
-    """Train IMF (and optionally a structure-only baseline), select on validation, evaluate test once."""
-    from imf_kg.evaluation import evaluate_link_prediction
+    """Train IMF (and optionally a structure-only baseline), select on validation, evaluate test once.
 
-    run_dir = prepare_run_dir(run_dir, overwrite, resume)
-    if not resume:
+    Under torchrun every process calls this: rank 0 prepares the run folder and writes every file, rank 0
+    encodes features and pre-trains structure first (the others then read its caches), training is
+    data-parallel and test evaluation is sharded (:mod:`imf_kg.training.distributed`).
+    """
+    from imf_kg.training.distributed import evaluate_link_prediction  # sharded when data-parallel
+
+    run_dir = distributed.on_main(prepare_run_dir, run_dir, overwrite, resume)
+    if not resume and is_main_process():
         save_config(cfg, run_dir / "config.yaml")
     device = resolve_device(cfg.train.device)
-    kg = prepare_data(cfg, device=device, progress=progress)
-    vectors = pretrained_structure(kg, cfg, run_dir, device, progress) if cfg.model.structure == "pretrained" else None
+    kg = distributed.main_first(prepare_data, cfg, device=device, progress=progress)
+    vectors = (distributed.main_first(pretrained_structure, kg, cfg, run_dir, device, progress)
+               if cfg.model.structure == "pretrained" else None)
     model, result, seconds = train_one(kg, cfg, run_dir, resume, progress, vectors)
     if result.interrupted:
         return {"interrupted": True, "last_epoch": result.last_epoch}
@@ -279,7 +287,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, overwrite: bool =
         "test": {name: metrics.to_dict() for name, metrics in outputs.items()},
         "expected": dict(cfg.expected),
     }
-    write_reports(results, outputs, run_dir, cfg)
+    if is_main_process():
+        write_reports(results, outputs, run_dir, cfg)
     return results
 
 
@@ -336,10 +345,10 @@ def _plot_mrr(outputs: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def config_dict(cfg: ExperimentConfig) -> dict:

@@ -1,4 +1,8 @@
-"""``imf-kg train --config configs/imf/<name>.yaml [--set key=value ...]``: train, select on valid, test once."""
+"""``imf-kg train --config configs/imf/<name>.yaml [--set key=value ...]``: train, select on valid, test once.
+
+Data-parallel on several GPUs or processes: ``torchrun --nproc_per_node N -m imf_kg train --config ...``
+(see :mod:`imf_kg.training.distributed`); only rank 0 writes the run folder and prints the summary.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from imf_kg.experiment import load_experiment, run_experiment
     from imf_kg.errors import ConfigError
+    from imf_kg.training import is_main_process
+    from imf_kg.training.distributed import distributed_session
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -29,8 +35,11 @@ def run(args) -> int:
             raise ConfigError("imf-kg train: expected --config FILE (or --resume RUN_DIR)")
         cfg = load_experiment(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    results = run_experiment(cfg, run_dir, overwrite=args.overwrite, resume=bool(args.resume),
-                             progress=not args.no_progress)
+    with distributed_session(cfg.train.device):  # joins torchrun's process group when there is one
+        results = run_experiment(cfg, run_dir, overwrite=args.overwrite, resume=bool(args.resume),
+                                 progress=not args.no_progress and is_main_process())
+        if not is_main_process():
+            return 0
     if results.get("interrupted"):
         print(f"stopped after epoch {results['last_epoch']}; continue with: imf-kg train --resume {run_dir}")
         return 0

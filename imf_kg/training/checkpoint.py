@@ -73,6 +73,18 @@ def restore_rng_state(state: dict[str, Any], data_generator: torch.Generator | N
         data_generator.set_state(state["data"])
 
 
+def remove_temporary_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an atomic write leaves behind when its process is killed
+    before the rename (they are never read; the previous complete file is still in place)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [path for path in folder.glob(".*.tmp") if path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def save_last(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write the resumable checkpoint atomically (a crash mid-write leaves the previous one intact)."""
     return atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **payload})

@@ -121,8 +121,11 @@ class OneToNTask:
         return model.loss(query[:, 0], query[:, 1], targets)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        """Filtered ranking on ``eval_split``, flattened to ``{"mrr": ..., "hits@10": ..., "fused/mrr": ...}``."""
-        from imf_kg.evaluation import evaluate_link_prediction  # written separately; imported when needed
+        """Filtered ranking on ``eval_split``, flattened to ``{"mrr": ..., "hits@10": ..., "fused/mrr": ...}``.
+
+        Under data parallelism each rank ranks a slice of the queries and all ranks get the same metrics.
+        """
+        from imf_kg.training.distributed import evaluate_link_prediction  # sharded when data-parallel
 
         result = evaluate_link_prediction(model, self.kg, split=self.eval_split, batch_size=self.eval_batch_size,
                                           progress=False)

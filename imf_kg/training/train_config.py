@@ -32,6 +32,13 @@ class TrainConfig:
         curve_min_interval_s: redraw ``training_curve.png`` at an evaluation only if the last drawing is at least
             this old (drawing takes ~0.5 s, more than a small epoch); it is always redrawn when ``fit`` returns.
             ``0`` redraws at every evaluation.
+        sync_batch_norm: data-parallel runs only (torchrun): batch norm uses the statistics of the global batch
+            over all processes, as one process would (:class:`~imf_kg.training.global_batch_norm.GlobalBatchNorm`);
+            ``False`` keeps per-process statistics (fewer collectives, results then depend on the process count).
+        ddp_graph: data-parallel runs only: ``"static"`` when the set of parameters that get a gradient is the same
+            at every step (DistributedDataParallel finds unused ones, e.g. IMF's decision weights with
+            ``joint_loss: false``, at the first step only), ``"dynamic"`` when it can change from step to step
+            (searched at every step, slower).
     """
 
     epochs: int = 1
@@ -50,6 +57,8 @@ class TrainConfig:
     amp_validation: bool = False
     deterministic: bool = True
     curve_min_interval_s: float = 10.0
+    sync_batch_norm: bool = True
+    ddp_graph: Literal["static", "dynamic"] = "static"
 
     def __post_init__(self):
         for name in ("epochs", "eval_every", "checkpoint_every"):
@@ -67,5 +76,7 @@ class TrainConfig:
             raise ConfigError(f"stop_after_epoch: expected an integer >= 1 or null, found {self.stop_after_epoch!r}")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode: expected 'max' or 'min', found {self.mode!r}")
+        if self.ddp_graph not in ("static", "dynamic"):
+            raise ConfigError(f"ddp_graph: expected 'static' or 'dynamic', found {self.ddp_graph!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"amp: expected one of auto, bf16, off, found {self.amp!r}")

@@ -12,6 +12,12 @@ Files in the run folder::
     run_dir/checkpoints/last.pt      everything needed to resume exactly (see imf_kg.training.checkpoint)
     run_dir/checkpoints/best.pt      model state_dict of the best validation epoch
     run_dir/checkpoints/best.json    that epoch and its validation metrics
+
+Data parallelism: under ``torchrun`` (a process group of several processes, see
+:mod:`imf_kg.training.distributed`) the same loop trains with DistributedDataParallel. Each rank trains on
+its slice of every global batch with its loss scaled by its share of the batch, batch norm uses global
+statistics, logged losses are those of the global batch, validation is the task's (sharded for link
+prediction) with rank 0's metrics broadcast so that every decision is identical, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 from imf_kg.errors import ConfigError, ToolkitError
 from imf_kg.io import append_jsonl, atomic_write_text
 from imf_kg.training import checkpoint as ckpt
+from imf_kg.training import distributed
 from imf_kg.training.curves import VALID_PREFIX, plot_training_curve
 from imf_kg.training.device import (
     autocast,
@@ -106,9 +113,13 @@ class Trainer:
         if self.plateau and step_scheduler == "batch":
             raise ConfigError("step_scheduler: ReduceLROnPlateau needs validation metrics; use 'epoch'")
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.amp_dtype = autocast_dtype(config.amp, self.device)
+        self.distributed = distributed.is_distributed()
+        if self.distributed and config.sync_batch_norm:
+            distributed.use_global_batch_norm(model)  # same parameter objects: the optimiser still holds them
         self.model = model.to(self.device)
+        self._training_step = None  # DistributedDataParallel wrapper of the task's step, built by fit
         self.task = task
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -130,12 +141,15 @@ class Trainer:
         command line's job (``--overwrite``).
         """
         config = self.config
-        seed_everything(config.seed, deterministic=config.deterministic)
-        self.data_generator.manual_seed(config.seed + DATA_SEED_OFFSET)
+        # rank 0 (and a single process) draws the configured stream; other ranks their own (dropout masks)
+        seed_everything(distributed.rank_seed(config.seed), deterministic=config.deterministic)
+        self.data_generator.manual_seed(config.seed + DATA_SEED_OFFSET)  # the same global order on every rank
         if resume:
             self._resume()
         else:
             self._start_fresh()
+        if self.distributed:
+            self._start_data_parallel()
         self._curve_drawn_at = time.monotonic()  # the first drawing waits for curve_min_interval_s too
         while not self.early_stopping.stopped and self.epoch < config.epochs:
             epoch = self.epoch + 1
@@ -158,8 +172,10 @@ class Trainer:
             if interrupt and not finished:
                 logger.info("stopping after epoch %d as asked (stop_after_epoch); fit(resume=True) continues", epoch)
                 self._refresh_curve(force=True)
+                distributed.barrier()
                 return self._result(interrupted=True)
         self._refresh_curve(force=True)
+        distributed.barrier()  # rank 0's last files exist before any rank goes on to read them (load_best)
         return self._result(interrupted=False)
 
     def load_best(self) -> nn.Module:
@@ -185,24 +201,41 @@ class Trainer:
             enabled=config.progress and is_main_process(),
         )
         for batch in progress:
+            examples += batch_size_of(self.task, batch) or 0
+            weight, shard = 1.0, None
+            if self.distributed:
+                shard = distributed.shard_batch(self.task, batch, self.rank, self.world_size)
+                batch, weight = shard.batch, shard.weight
             optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp_dtype):
-                loss, logs = self.task.training_step(model, batch)
-            loss.backward()
+            with autocast(self.device, self.amp_dtype), distributed.placeholder_step(shard is not None and
+                                                                                      shard.placeholder):
+                if self._training_step is not None:
+                    loss, logs = self._training_step(batch)
+                else:
+                    loss, logs = self.task.training_step(model, batch)
+            if self.distributed:
+                # DDP averages gradients over ranks: scaled by n_k W / B they average to the global-batch gradient
+                (loss * (weight * self.world_size)).backward()
+            else:
+                loss.backward()
             if config.grad_clip is not None:
                 grad_norm_sum += nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).float()
             optimizer.step()
             if self.scheduler is not None and self.step_scheduler == "batch":
                 self.scheduler.step()
-            loss_sum += loss.detach().float()
+            # under data parallelism each rank adds its share; the shares are summed over ranks below
+            loss_sum += loss.detach().float() if weight == 1.0 else loss.detach().float() * weight
             for name, value in (logs or {}).items():
                 # tensor logs stay on the device until the epoch ends (a float() here would wait for the GPU)
                 value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
-                log_sums[name] = log_sums.get(name, 0.0) + value
-            examples += batch_size_of(self.task, batch) or 0
+                log_sums[name] = log_sums.get(name, 0.0) + (value if weight == 1.0 else value * weight)
             batches += 1
         if batches == 0:
             raise ToolkitError(f"epoch {epoch}: the task produced no training batches; check the training split")
+        if self.distributed:
+            loss_sum, log_sums = self._sum_over_ranks(loss_sum, log_sums)
+            if not self.config.sync_batch_norm:
+                distributed.sync_persistent_buffers(model)  # per-shard BN statistics: keep rank 0's everywhere
         synchronize(self.device)
         seconds = time.perf_counter() - start
         train_loss = float(loss_sum) / batches
@@ -233,6 +266,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.model.train()
         metrics = _as_float_metrics(raw)
+        # every rank decides (best epoch, early stop, plateau) on exactly rank 0's numbers
+        metrics = distributed.broadcast_object(metrics)
         if config.metric not in metrics:
             raise ConfigError(
                 f"metric: {config.metric!r} is not a validation metric of this task; "
@@ -265,20 +300,25 @@ class Trainer:
                            self.run_dir)
         for path in stale:
             path.unlink(missing_ok=True)
+        ckpt.remove_temporary_files(self.checkpoint_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _save_last(self) -> None:
+        rng = ckpt.capture_rng_state(self.data_generator)
+        rng_per_rank = distributed.all_gather_objects(rng) if self.distributed else None
         if not is_main_process():
             return
+        extra = {"rng_per_rank": rng_per_rank} if rng_per_rank is not None else {}
         ckpt.save_last(self.checkpoint_dir / ckpt.LAST, {
             "epoch": self.epoch,
             "model": ckpt.cpu_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": ckpt.capture_rng_state(self.data_generator),
+            "rng": rng,
             "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
             "config": asdict(self.config),
+            **extra,
         })
 
     def _resume(self) -> None:
@@ -300,13 +340,54 @@ class Trainer:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         self.epoch = int(state["epoch"])
-        ckpt.restore_rng_state(state["rng"], self.data_generator)
+        self._restore_rng(state)
         if is_main_process():
+            ckpt.remove_temporary_files(self.checkpoint_dir)  # left by a process killed while writing
             # the log may hold epochs trained after this checkpoint; they are about to be trained again
             lines = "".join(_json_line(record) for record in self.history)
             atomic_write_text(self.metrics_path, lines)
             self._curve_stale = any(r.get("is_best") is not None for r in self.history)
         logger.info("resumed %s at epoch %d", self.run_dir, self.epoch)
+
+    def _restore_rng(self, state: dict) -> None:
+        per_rank = state.get("rng_per_rank") or []
+        if len(per_rank) == self.world_size and self.world_size > 1:
+            ckpt.restore_rng_state(per_rank[self.rank], self.data_generator)
+            return
+        ckpt.restore_rng_state(state["rng"], self.data_generator)  # rank 0's, including the data order
+        if self.world_size > 1 or len(per_rank) > 1:
+            logger.warning("resuming with %d process(es) a run saved with %d: the data order continues exactly, "
+                           "dropout masks do not", self.world_size, max(len(per_rank), 1))
+            if self.rank > 0:  # keep the ranks' own streams distinct
+                seed_everything(distributed.rank_seed(self.config.seed + self.epoch), self.config.deterministic)
+
+    def _start_data_parallel(self) -> None:
+        """Wrap the task's step in DistributedDataParallel and check that every rank starts from one state."""
+        distributed.check_same_across_ranks("the training state (epoch, data order, early stopping, config)", {
+            "epoch": self.epoch,
+            "data_order": self.data_generator.get_state().numpy().tobytes(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "config": asdict(self.config),
+        })
+        if self._training_step is None:  # one wrapper per trainer: a second would hook the same parameters again
+            self._training_step = distributed.data_parallel(self.model, self.task, self.device,
+                                                            static_graph=self.config.ddp_graph == "static")
+
+    def _sum_over_ranks(self, loss_sum: torch.Tensor, log_sums: dict[str, Any]):
+        names = sorted(log_sums)
+        packed = torch.stack([loss_sum.float()] + [
+            torch.as_tensor(log_sums[name], dtype=torch.float32, device=self.device) for name in names
+        ])
+        torch.distributed.all_reduce(packed)
+        return packed[0], {name: packed[i + 1] for i, name in enumerate(names)}
+
+    @property
+    def rank(self) -> int:
+        return distributed.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return distributed.get_world_size()
 
     def _load_model_state(self, state: dict, path: Path) -> None:
         try:
