@@ -19,7 +19,8 @@ SCORING_SHAPES = ((256, 200, 14541), (1024, 200, 14541), (4096, 200, 14541))  # 
 
 
 def measure_gemm_gflops(
-    m: int, k: int, n: int, device: str | torch.device = "cpu", min_seconds: float = 1.0, dtype=torch.float32
+    m: int = 2048, k: int = 2048, n: int = 2048, device: str | torch.device = "cpu", min_seconds: float = 1.0,
+    dtype=torch.float32,
 ) -> float:
     """Best observed rate in GFLOP/s of ``(m, k) @ (k, n)`` (2*m*k*n flops per product), writing into a
     preallocated output; repeats for at least ``min_seconds`` and keeps the fastest third of the runs."""
