@@ -103,7 +103,7 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
             log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
             continue
         trained[fingerprint] = name
-        for record in run_seeds(name, data, seeds, config, run_root=run_root):
+        for record in run_seeds(name, data, seeds, config, run_root=run_root).records:
             records.append(record)
             log(f"{name:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
                 f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "

@@ -22,6 +22,7 @@ from torch_geometric.loader import NeighborLoader, NodeLoader
 from torch_geometric.sampler import BaseSampler, HeteroSamplerOutput, NodeSamplerInput
 
 from imf_kg.errors import ConfigError
+from imf_kg.reporting import summarise
 from imf_kg.training import TrainConfig, Trainer, is_main_process
 from imf_kg.training.curves import plot_training_curve
 from node_tasks.baselines import FeatureMLP, HGTEarlyFusion, HGTLateFusion
@@ -385,9 +386,28 @@ def _fanout(config: NodeExperimentConfig) -> List[int]:
     return (fanout + fanout[-1:] * hops)[:hops] if fanout else [-1] * hops
 
 
+@dataclass
+class SeedResults:
+    """The runs of one model over several seeds.
+
+    Attributes:
+        records: one :func:`train_and_test` record per seed.
+        summary: ``method``, ``n`` and ``<metric>_mean`` / ``<metric>_std`` (sample std) for test
+            Micro-F1 and Macro-F1 and the selected validation Macro-F1 (:func:`imf_kg.reporting.summarise`).
+    """
+
+    records: List[Dict]
+    summary: Dict
+
+    def __str__(self) -> str:
+        s = self.summary
+        return (f"{s['method']}: Micro-F1 {s['micro_f1_mean']:.4f} ± {s['micro_f1_std']:.4f}, "
+                f"Macro-F1 {s['macro_f1_mean']:.4f} ± {s['macro_f1_std']:.4f} over {s['n']} seed(s)")
+
+
 def run_seeds(model_name: str, data, seeds: Iterable[int], config: Optional[NodeExperimentConfig] = None,
-              run_root: Optional[str | Path] = None) -> List[Dict]:
-    """Train and test ``model_name`` once per seed; returns one record per seed (see :func:`train_and_test`).
+              run_root: Optional[str | Path] = None) -> SeedResults:
+    """Train and test ``model_name`` once per seed (see :func:`train_and_test`); mean ± std over seeds.
 
     Run folders go under ``run_root/<model>/seed<k>`` (a temporary folder when None).
     """
@@ -398,7 +418,7 @@ def run_seeds(model_name: str, data, seeds: Iterable[int], config: Optional[Node
         root = Path(run_root) if run_root is not None else Path(scratch)
         for seed in seeds:
             records.append(train_and_test(config, data, root / model_name / f"seed{seed}", seed=int(seed)))
-    return records
+    return SeedResults(records, summarise(records, "method", ("micro_f1", "macro_f1", "val_macro_f1"))[0])
 
 
 def experiment_as_dict(config: NodeExperimentConfig) -> Dict:

@@ -55,8 +55,13 @@ def test_full_batch_training_learns_selects_on_validation_and_tests_once(tmp_pat
 @pytest.mark.parametrize("name", ["ima-ref", "hgt-late", "mlp"])
 def test_run_seeds_one_record_per_seed(name):
     data = small_data()
-    records = run_seeds(name, data, [0, 1], small_config(epochs=1))
+    results = run_seeds(name, data, [0, 1], small_config(epochs=1))
+    records = results.records
     assert [r["seed"] for r in records] == [0, 1]
+    values = [r["macro_f1"] for r in records]
+    assert results.summary["macro_f1_mean"] == pytest.approx(sum(values) / 2)
+    assert results.summary["macro_f1_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert "±" in str(results)
     assert all(r["method"] == name and 0.0 <= r["macro_f1"] <= 1.0 for r in records)
 
 
@@ -64,7 +69,9 @@ def test_every_model_name_builds():
     data = small_data()
     for name in MODELS:
         model, ablations = build_model(name, data, ModelConfig(hidden=16, heads=2, layers=2))
-        assert name.startswith("ima-") == bool(ablations) or name == "ima-ref"
+        expected = {"ima-cross": ("cross",), "ima-align": ("align",), "ima-latt": ("latt",), "ima-lind": ("lind",)}
+        assert ablations == expected.get(name, ())
+        assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_neighbor_sampler_seeds_first_real_edges_and_fanout():
