@@ -353,19 +353,24 @@ def data_parallel(model: nn.Module, task: Any, device: torch.device, static_grap
     ``static_graph``: the parameters that get gradients are the same at every step (unused ones are found at
     the first step); otherwise they are searched for at every step (``find_unused_parameters``).
 
-    Buffers are not broadcast at every forward (that would include frozen feature matrices); batch-norm
-    statistics are global (:class:`GlobalBatchNorm`) or copied after each epoch
-    (:func:`sync_persistent_buffers`).
+    Parameters and buffers are copied from rank 0 once, here; buffers are not broadcast at every forward
+    (that would include frozen feature matrices): batch-norm statistics are global (:class:`GlobalBatchNorm`)
+    or copied after each epoch (:func:`sync_persistent_buffers`).
     """
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     kwargs: dict[str, Any] = {}
     if any(isinstance(module, GlobalBatchNorm) for module in model.modules()):
         kwargs["bucket_cap_mb"] = SINGLE_BUCKET_MB
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        kwargs["forward_sync_buffers"] = False  # newer torch: still syncs at construction
+    else:
+        kwargs["broadcast_buffers"] = False  # older torch: the same meaning
     return DistributedDataParallel(
         TrainingStep(model, task),
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
         static_graph=static_graph,
         find_unused_parameters=not static_graph,
         **kwargs,
