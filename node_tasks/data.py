@@ -18,6 +18,9 @@ returns a ``HeteroData`` that :func:`validate_hetero` accepts:
 
 The HGNN-IMA model (Li et al., IJCAI 2025; spec sections 1 and 11.1) consumes exactly this structure:
 per-(node type, modality) features with presence masks, and reverse edge types so messages flow both ways.
+
+Also here: :func:`load_dataset` (``synthetic`` / ``imdb`` / a folder, validated) and
+:func:`load_hgnn_ima_release` (the published IMDB / DOUBAN / AMAZON file layout, spec 1.1-1.3).
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ Generative process (``C`` classes, modalities ``m = 0..M-1``, feature width ``d_
    no last modality at all (e.g. venues have no image), which exercises HGNN-IMA's attention loss L_att.
 7. **Split.** Stratified train/val/test fractions of the target nodes (:func:`node_tasks.data.stratified_split`).
 
-Ground truth for tests and analyses: ``data[t].latent_class`` (home class; labels for the target type) and
-``data[t].distractor`` (bool) on every node type.
+Ground truth for tests and analyses, kept at graph level (``data.planted``, never a node attribute):
+``data.planted[t]["latent_class"]`` (home classes) and ``data.planted[t]["distractor"]`` (bool) for every
+non-target type t.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def make_synthetic(
     distractor = {nt: np.zeros(n, dtype=bool) for nt, n in nodes.items()}
     shown = {nt: {m: latent[nt].copy() for m in modalities} for nt in types}  # class each modality displays
     for nt in others:
-        # misalignment needs two modalities the type actually has, and distractor edges to matter
+        # misalignment needs two modalities the type actually has
         if misalignment > 0 and sum(rates[nt][m] < 1.0 for m in modalities) >= 2:
             distractor[nt] = _plant_distractors(rng, latent[nt], shown[nt], modalities, num_classes, misalignment)
 
@@ -160,13 +161,14 @@ def make_synthetic(
     sizes[-1] = min(sizes[-1], n_target - sizes[0] - sizes[1])
     train, val, test = stratified_split(labels, sizes, seed=seed)
     notes = [f"synthetic(seed={seed}, C={num_classes}, homophily={homophily}, misalignment={misalignment}, "
-             f"own_signal={own_signal}, neighbour_signal={neighbour_signal}, noise={noise})"]
+             f"own_signal={own_signal}, neighbour_signal={neighbour_signal}, "
+             f"distractor_signal={distractor_signal}, noise={noise})"]
     data = build_hetero(nodes, modalities, features, relations, target, torch.as_tensor(labels),
                         {"train": train, "val": val, "test": test},
                         [f"class_{c}" for c in range(num_classes)], notes)
-    for nt in types:
-        data[nt].latent_class = torch.as_tensor(latent[nt], dtype=torch.long)
-        data[nt].distractor = torch.as_tensor(distractor[nt])
+    # graph-level, so no model or sampler mistakes the planted truth for a node feature
+    data.planted = {nt: {"latent_class": torch.as_tensor(latent[nt], dtype=torch.long),
+                         "distractor": torch.as_tensor(distractor[nt])} for nt in others}
     return data
 
 

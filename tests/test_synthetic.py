@@ -63,7 +63,7 @@ def with_neighbours(data, keep_distractors=True):
     for et in data.edge_types:
         if et[2] != data.target_node_type:
             continue
-        keep = None if keep_distractors else ~data[et[0]].distractor[data[et].edge_index[0]]
+        keep = None if keep_distractors else ~data.planted[et[0]]["distractor"][data[et].edge_index[0]]
         parts += [neighbour_mean(data, et, m, keep) for m in data.modalities if data[et[0]][f"mask_{m}"].any()]
     return torch.cat(parts, dim=1)
 
@@ -76,6 +76,7 @@ def test_contract_and_determinism():
             assert torch.equal(value, again[nt][key]) if torch.is_tensor(value) else value == again[nt][key], (nt, key)
     for et in data.edge_types:
         assert torch.equal(data[et].edge_index, again[et].edge_index)
+    assert all(torch.equal(data.planted[nt][k], again.planted[nt][k]) for nt in data.planted for k in data.planted[nt])
     assert not torch.equal(data["paper"].x_text, other["paper"].x_text)
     assert not torch.equal(data["paper", "written_by", "author"].edge_index, other["paper", "written_by", "author"].edge_index)
     assert data.metadata()[1] == [("paper", "written_by", "author"), ("author", "writes", "paper"),
@@ -102,7 +103,8 @@ def test_class_balance_and_stratified_split():
     assert torch.bincount(store.y).tolist() == [100] * 4
     assert [int(store[f"{s}_mask"].sum()) for s in ("train", "val", "test")] == [80, 80, 240]
     assert torch.bincount(store.y[store.train_mask]).tolist() == [20] * 4
-    assert torch.bincount(data["author"].latent_class).tolist() == [50] * 4
+    assert torch.bincount(data.planted["author"]["latent_class"]).tolist() == [50] * 4
+    assert "latent_class" not in data["author"] and "paper" not in data.planted
 
 
 def test_each_modality_alone_is_clearly_below_both_together():
@@ -126,8 +128,9 @@ def test_own_features_are_weak_and_neighbours_carry_the_signal():
 def test_distractors_are_misaligned_harmful_to_averaging_and_flagged_by_consistency():
     data = make_synthetic(seed=0)
     authors, edges = data["author"], data["paper", "written_by", "author"].edge_index
-    assert abs(authors.distractor.float().mean().item() - 0.4) < 0.01
-    on_distractor = authors.distractor[edges[1]]
+    distractor = data.planted["author"]["distractor"]
+    assert abs(distractor.float().mean().item() - 0.4) < 0.01
+    on_distractor = distractor[edges[1]]
     assert abs(on_distractor.float().mean().item() - 0.4) < 0.05
     # a distractor agrees with its papers' class in one modality; HGNN-IMA's alignment modulation compares
     # the per-modality similarities g^m of a neighbour to the target. Emulate a learned g^m with a linear
