@@ -43,7 +43,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _read_array(path: Path, key: str | None):
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        # memory-mapped copy-on-write: the matrix is paged in as rows are used, never read whole up front
+        return np.load(path, mmap_mode="c", allow_pickle=False)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.keys())
@@ -112,7 +113,7 @@ def load_feature_matrix(path: str | Path, num_rows: int | None = None, dim: int 
         raise DataFormatError(path, None, f"{values.shape[0]} rows", f"{num_rows} rows (one per entity/node)")
     if dim is not None and values.shape[1] != dim:
         raise DataFormatError(path, None, f"width {values.shape[1]}", f"width {dim}")
-    finite = np.isfinite(values).all(axis=1)
+    finite, nonzero = _row_checks(values)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise DataFormatError(path, None, f"NaN or inf in row {bad} ({int((~finite).sum())} rows in all)",
@@ -122,11 +123,22 @@ def load_feature_matrix(path: str | Path, num_rows: int | None = None, dim: int 
         if mask.shape[0] != values.shape[0]:
             raise DataFormatError(path, None, f"a mask of {mask.shape[0]} rows", f"{values.shape[0]} rows")
     elif zero_rows_missing:
-        mask = torch.from_numpy(np.any(values != 0, axis=1))
+        mask = torch.from_numpy(nonzero)
     else:
         mask = torch.ones(values.shape[0], dtype=torch.bool)
     return EncodedModality(values=np.ascontiguousarray(values), mask=mask, model=source or str(path),
                            details={"file": str(path)})
+
+
+def _row_checks(values: np.ndarray, rows_per_chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: all values finite, and any value non-zero; in chunks so a memory-mapped matrix stays mapped."""
+    finite = np.empty(values.shape[0], dtype=bool)
+    nonzero = np.empty(values.shape[0], dtype=bool)
+    for start in range(0, values.shape[0], rows_per_chunk):
+        chunk = np.asarray(values[start:start + rows_per_chunk])
+        finite[start:start + len(chunk)] = np.isfinite(chunk).all(axis=1)
+        nonzero[start:start + len(chunk)] = (chunk != 0).any(axis=1)
+    return finite, nonzero
 
 
 def save_feature_matrix(path: str | Path, encoded: EncodedModality) -> Path:
