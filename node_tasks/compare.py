@@ -103,11 +103,7 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
             log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
             continue
         trained[fingerprint] = name
-        for record in run_seeds(name, data, seeds, config, run_root=run_root).records:
-            records.append(record)
-            log(f"{name:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
-                f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
-                f"epoch {record['best_epoch']}, {record['seconds']:.1f}s)")
+        run_seeds(name, data, seeds, config, run_root=run_root, on_record=lambda r: _report(r, records, log))
     rows = summarise(records, "method", METRICS)
     references = PAPER_RESULTS.get(Path(dataset).name.lower())
     title = f"{Path(dataset).name}: test Micro-F1 / Macro-F1, mean ± std over {len(seeds)} seed(s)"
@@ -122,6 +118,13 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
                                  extra={"dataset": dataset, "seeds": list(seeds), "margins": margins,
                                         "config": experiment_as_dict(config), "seconds": seconds})
     return {"records": records, "rows": rows, "margins": margins, "table": table, "paths": paths, "seconds": seconds}
+
+
+def _report(record: Dict, records: List[Dict], log) -> None:
+    records.append(record)
+    log(f"{record['method']:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
+        f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
+        f"epoch {record['best_epoch']}, {record['seconds']:.1f}s)")
 
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:

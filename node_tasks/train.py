@@ -406,10 +406,11 @@ class SeedResults:
 
 
 def run_seeds(model_name: str, data, seeds: Iterable[int], config: Optional[NodeExperimentConfig] = None,
-              run_root: Optional[str | Path] = None) -> SeedResults:
+              run_root: Optional[str | Path] = None, on_record=None) -> SeedResults:
     """Train and test ``model_name`` once per seed (see :func:`train_and_test`); mean ± std over seeds.
 
-    Run folders go under ``run_root/<model>/seed<k>`` (a temporary folder when None).
+    Run folders go under ``run_root/<model>/seed<k>`` (a temporary folder when None); ``on_record`` is
+    called with each record as soon as its run ends (progress reports).
     """
     config = config or NodeExperimentConfig()
     config = replace(config, model=replace(config.model, name=model_name))
@@ -418,6 +419,8 @@ def run_seeds(model_name: str, data, seeds: Iterable[int], config: Optional[Node
         root = Path(run_root) if run_root is not None else Path(scratch)
         for seed in seeds:
             records.append(train_and_test(config, data, root / model_name / f"seed{seed}", seed=int(seed)))
+            if on_record is not None:
+                on_record(records[-1])
     return SeedResults(records, summarise(records, "method", ("micro_f1", "macro_f1", "val_macro_f1"))[0])
 
 
