@@ -43,6 +43,12 @@ Generative process (``C`` classes, modalities ``m = 0..M-1``, feature width ``d_
    no last modality at all (e.g. venues have no image), which exercises HGNN-IMA's attention loss L_att.
 7. **Split.** Stratified train/val/test fractions of the target nodes (:func:`node_tasks.data.stratified_split`).
 
+Limits, measured rather than assumed: a loud misaligned modality is also visible within that modality
+alone (its norm), so per-modality attention (HGT late fusion) can mute it without any cross-modal cue;
+``distractor_signal = neighbour_signal`` removes that shortcut at the price of weaker harm. The ranking of
+HGNN-IMA against HGT early/late fusion on this data depends on ``misalignment`` and on training noise;
+compare models over several seeds (``node-tasks compare --dataset synthetic --seeds 5``).
+
 Ground truth for tests and analyses, kept at graph level (``data.planted``, never a node attribute):
 ``data.planted[t]["latent_class"]`` (home classes) and ``data.planted[t]["distractor"]`` (bool) for every
 non-target type t.
