@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -57,6 +58,7 @@ def markdown_table(
     labels: Optional[Mapping[str, str]] = None,
     references: Optional[Mapping[str, Mapping[str, float]]] = None,
     title: Optional[str] = None,
+    metric_digits: Optional[Mapping[str, int]] = None,
 ) -> str:
     """A Markdown table with one row per group and one "mean ± std" column per metric.
 
@@ -65,6 +67,7 @@ def markdown_table(
         labels: metric -> column header (default: the metric name).
         references: group -> metric -> a published number, shown as an extra "(paper x)" after the cell.
         title: optional heading line above the table.
+        metric_digits: metric -> digits, where it differs from ``digits`` (e.g. seconds with 1).
     """
     labels = labels or {}
     header = [group_key, "runs"] + [labels.get(m, m) for m in metrics]
@@ -73,11 +76,12 @@ def markdown_table(
     for row in rows:
         cells = [str(row[group_key]), str(row.get("n", ""))]
         for metric in metrics:
+            places = (metric_digits or {}).get(metric, digits)
             mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
-            cell = "n/a" if mean is None or math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+            cell = "n/a" if mean is None or math.isnan(mean) else f"{mean:.{places}f} ± {std:.{places}f}"
             ref = (references or {}).get(str(row[group_key]), {}).get(metric)
             if ref is not None:
-                cell += f" (paper {ref:.{digits}f})"
+                cell += f" (paper {ref:.{places}f})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -95,7 +99,7 @@ def bar_chart(rows: Sequence[Mapping], metrics: Sequence[str] | str, path: str |
     labels = labels or {}
     names = [str(r[group_key]) for r in rows]
     width = 0.8 / max(len(metrics), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(names) * max(1, len(metrics)) * 0.6), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + 0.5 * len(names) * max(1, len(metrics))), 4.0))
     try:
         for i, metric in enumerate(metrics):
             means = [_finite(r.get(f"{metric}_mean")) for r in rows]
@@ -109,7 +113,7 @@ def bar_chart(rows: Sequence[Mapping], metrics: Sequence[str] | str, path: str |
         ax.set_ylim(bottom=max(0.0, low - 0.05))  # differences between methods are small: zoom in
         ax.legend(loc="lower right")
         if title:
-            ax.set_title(title)
+            ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120)
@@ -132,17 +136,24 @@ def write_comparison(
     references: Optional[Mapping[str, Mapping[str, float]]] = None,
     stem: str = "comparison",
     extra: Optional[Mapping] = None,
+    plot_metrics: Optional[Sequence[str]] = None,
+    metric_digits: Optional[Mapping[str, int]] = None,
+    notes: Optional[str] = None,
 ) -> Dict[str, Path]:
     """Write ``<stem>.md`` (table), ``<stem>.png`` (bar chart) and ``<stem>.json`` (records, rows, title, extra).
 
+    ``plot_metrics`` (default: ``metrics``) are the bars of the chart, e.g. leaving out a time column;
+    ``notes`` is Markdown appended under the table in ``<stem>.md``.
     Returns {"table": path, "plot": path, "records": path}.
     """
     out_dir = Path(out_dir)
     rows = summarise(records, group_key, metrics)
-    table = markdown_table(rows, metrics, group_key, labels=labels, references=references, title=title)
+    table = markdown_table(rows, metrics, group_key, labels=labels, references=references, title=title,
+                           metric_digits=metric_digits)
+    plotted = list(plot_metrics) if plot_metrics is not None else list(metrics)
     paths = {
-        "table": atomic_write_text(out_dir / f"{stem}.md", table),
-        "plot": bar_chart(rows, metrics, out_dir / f"{stem}.png", group_key, title=title, labels=labels),
+        "table": atomic_write_text(out_dir / f"{stem}.md", table + (f"\n{notes.rstrip()}\n" if notes else "")),
+        "plot": bar_chart(rows, plotted, out_dir / f"{stem}.png", group_key, title=title, labels=labels),
         "records": atomic_write_json(out_dir / f"{stem}.json", {
             "title": title, "group_key": group_key, "metrics": list(metrics), "summary": rows,
             "records": [dict(r) for r in records], **({"references": references} if references else {}),
