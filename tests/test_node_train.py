@@ -161,7 +161,7 @@ def test_cli_train_and_compare(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     out = tmp_path / "cmp"
     assert main(["compare", "--dataset", "synthetic", "--config", str(config), "--models", "ima,mlp",
-                 "--seeds", "2", "--out", str(out)]) == 0
+                 "--seeds", "2", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "| ima | 2 |" in printed and "Micro-F1" in printed
     assert {p.name for p in out.iterdir()} >= {"comparison.md", "comparison.png", "comparison.json"}
