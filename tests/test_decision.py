@@ -11,15 +11,6 @@ from imf_kg.decision import DecisionFusion
 NAMES = ["structure", "text", "tucker"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine (20x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _scores(batch=4, n=6, seed=0, scale=3.0):
     generator = torch.Generator().manual_seed(seed)
     return {name: scale * torch.randn(batch, n, generator=generator, dtype=torch.float64) for name in NAMES}

@@ -15,15 +15,6 @@ from imf_kg.fusion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine (20x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _inputs(dims, batch=5, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, d, generator=generator, dtype=dtype) for d in dims]

@@ -13,15 +13,6 @@ N, R = 24, 3
 SMALL = dict(entity_dim=8, relation_dim=6, fusion_rank=16, candidate_chunk_size=7)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine (20x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _kg(feature_dims=None, seed=0) -> KnowledgeGraph:
     """Relation r maps entity e to (e + r + 1) mod N; text/image features are noisy codes of the entity id."""
     generator = torch.Generator().manual_seed(seed)
