@@ -111,7 +111,7 @@ def bar_chart(rows: Sequence[Mapping], metrics: Sequence[str] | str, path: str |
         finite = [_finite(r.get(f"{m}_mean")) - _finite(r.get(f"{m}_std")) for r in rows for m in metrics]
         low = min(finite) if finite else 0.0
         ax.set_ylim(bottom=max(0.0, low - 0.05))  # differences between methods are small: zoom in
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # never over a bar
         if title:
             ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
         fig.tight_layout()
