@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from imf_kg.scorers.dropout import module_dropout
+
 
 class ConcatFusion(nn.Module):
     """``p = W [x_1; ...; x_M] + b``: the early-fusion baseline that IMF's Tucker fusion is compared with.
@@ -36,13 +38,13 @@ class ConcatFusion(nn.Module):
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != len(self.in_dims):
             raise ValueError(f"expected {len(self.in_dims)} modality tensors, got {len(inputs)}")
-        return self.projection(self.dropout(torch.cat(list(inputs), dim=-1)))
+        return self.projection(module_dropout(self.dropout, torch.cat(list(inputs), dim=-1)))
 
     def modality_representations(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each modality's share of the projection, ``x_m W_m^T`` ``(batch, out_dim)``, where ``W = [W_1 .. W_M]``
         (the fused output is their sum plus the bias); IMF's contrastive term applies to these."""
         blocks = self.projection.weight.split(self.in_dims, dim=1)
-        return [self.dropout(x) @ block.t() for x, block in zip(inputs, blocks)]
+        return [module_dropout(self.dropout, x) @ block.t() for x, block in zip(inputs, blocks)]
 
     def flops_per_row(self) -> int:
         return 2 * sum(self.in_dims) * self.out_dim

@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from imf_kg.scorers.dropout import module_dropout
+
 
 class ReferenceMutanFusion(nn.Module):
     """MUTAN rank-``P`` fusion as in the published IMF code (IMF_SPEC Sec. 4).
@@ -61,7 +63,7 @@ class ReferenceMutanFusion(nn.Module):
         for rho in range(self.rank):
             term = None
             for m, x in enumerate(inputs):
-                u = self.branches[m][rho](x)
+                u = _branch(self.branches[m][rho], x)
                 term = u if term is None else term * u
             total = term if total is None else total + term
         return torch.relu(total)
@@ -69,10 +71,17 @@ class ReferenceMutanFusion(nn.Module):
     def modality_representations(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each modality's factors ``[u^m_1; ...; u^m_P]``, ``(batch, P * out_dim)`` (for a contrastive term; the
         published code never calls one)."""
-        return [torch.cat([branch(x) for branch in self.branches[m]], dim=-1) for m, x in enumerate(inputs)]
+        return [torch.cat([_branch(branch, x) for branch in self.branches[m]], dim=-1) for m, x in enumerate(inputs)]
 
     def flops_per_row(self) -> int:
         return 2 * self.rank * sum(self.in_dims) * self.out_dim
 
     def extra_repr(self) -> str:
         return f"in_dims={self.in_dims}, out_dim={self.out_dim}, rank={self.rank}"
+
+
+def _branch(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``ReLU(Linear(Dropout(x)))`` of one published MUTAN branch, the dropout mask drawn by
+    :func:`~imf_kg.scorers.dropout.module_dropout` (same distribution, cheaper on the CPU)."""
+    drop, linear, activation = branch
+    return activation(linear(module_dropout(drop, x)))

@@ -45,6 +45,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from imf_kg.scorers.dropout import module_dropout
+
 
 class TuckerFusion(nn.Module):
     """Tucker fusion of ``M >= 2`` modality embeddings with a rank-``K`` CP-decomposed core (IMF Eq. 1).
@@ -121,7 +123,7 @@ class TuckerFusion(nn.Module):
         for m, x in enumerate(inputs):
             if self.normalize_inputs:
                 x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-12)
-            x = self.dropout(x)
+            x = module_dropout(self.dropout, x)
             if self.latent_dim:
                 x = x @ self.modality_factors[m]
             out.append(torch.addmm(self.core_biases[m], x, self.core_factors[m]))

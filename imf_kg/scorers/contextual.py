@@ -13,8 +13,8 @@ Two contraction orders give the same ``c`` (in eval mode); the cheaper one is ch
 candidates):
 
 * ``relation_first``: contract the core with the ``U`` distinct relations only, ``(U, d_r) @ (d_r, d*d)``,
-  then one vector-matrix product per query with the matrix of its relation, computed in chunks of queries
-  (never a full ``(B, d, d)`` tensor, neither forward nor backward):
+  then one vector-matrix product per query with the matrix of its relation, on queries packed by relation
+  (training) or in chunks of queries (evaluation); never a full ``(B, d, d)`` tensor, forward or backward:
   ``2 U d_r d^2 + 2 B d^2`` per batch, i.e. ``2 d_r d^2 U/B + 2 d^2`` per query.
 * ``entity_first``: contract the entities with the core first, ``(B, d) @ (d, d_r*d)``, then each query's
   ``(d_r, d)`` slab with its relation vector: ``2 B d d_r d + 2 B d_r d``, i.e. ``2 d_r d^2 + 2 d_r d`` per
@@ -30,6 +30,21 @@ uses ``relation_first`` and drops entries of the ``U`` distinct matrices: querie
 a batch share the mask, but every query's ``M_r`` has exactly the reference's distribution, so the expected
 loss and gradient are unchanged (only their variance differs). In eval mode, or with ``p = 0``, both
 orders are exact and the cheaper is used.
+
+Speed (CPU measurements in ``benchmarks/train_speed.py`` and ``benchmarks/_profile_notes.md``):
+
+* In training, ``relation_first`` is one autograd node (:class:`_PackedRelationFirst`): the contraction, the
+  hidden dropout (a float 0/1 mask, its ``1/(1-p)`` scale folded into the ``(U, d_r)`` relations) and the
+  per-query products on the queries packed by relation into a zero-padded ``(U, m, d)`` block (``m``: the
+  largest number of queries sharing a relation), so forward and both gradients are one ``bmm`` each that reads
+  every ``(d, d)`` matrix in place and writes ``dL/dM`` directly. The chunked gather
+  (:class:`_GroupedVectorMatrix`) copied ``B`` matrices three times per step and scattered ``B`` outer products
+  back: a third of a 2-thread FB15k-237 step. The padding costs ``2 (U m - B) d^2`` extra FLOPs per product
+  (about 3x the few useful ones, far below the relation contraction); a batch that would pad more than
+  :data:`MAX_PADDING_FACTOR` rows per query uses the gather path. :meth:`flops` counts useful FLOPs only.
+* Dropout masks come from :mod:`imf_kg.scorers.dropout` (same distribution, ~8x cheaper than ``bernoulli_``).
+* Evaluation: :meth:`context_matrices` lets a model contract every relation once per evaluation and score
+  with :meth:`contextualize_with_matrices` (``2 B d^2`` per batch instead of ``2 U d_r d^2``).
 """
 
 from __future__ import annotations
@@ -41,7 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from imf_kg.scorers.dropout import keep_mask, module_dropout
+
 ORDERS = ("relation_first", "entity_first")
+#: Training uses the packed (padded) grouped product while the packed block has at most this many rows per query.
+MAX_PADDING_FACTOR = 16
 
 
 class _GroupedVectorMatrix(torch.autograd.Function):
@@ -78,6 +97,95 @@ class _GroupedVectorMatrix(torch.autograd.Function):
                 outer = torch.bmm(x_cast[s:s + chunk].unsqueeze(2), grad_out[s:s + chunk].unsqueeze(1))
                 grad_matrices.index_add_(0, index[s:s + chunk], outer)
         return grad_x, grad_matrices, None, None
+
+
+class _PackedGroupedProduct(torch.autograd.Function):
+    """``out[b] = x[b] @ matrices[index[b]]`` with the queries packed per matrix into a zero-padded block.
+
+    ``slot[b]`` is the position of query ``b`` among the queries of its matrix, ``width`` the largest such count.
+    Shapes: x ``(B, d)``, matrices ``(U, d, e)``, index/slot ``(B,)`` -> ``(B, e)``. Forward and backward are one
+    ``bmm`` each on ``(U, width, d)`` blocks; no ``(B, d, e)`` tensor is built and ``dL/dmatrices`` is written
+    by the ``bmm`` itself (zero where a matrix has no query).
+    """
+
+    @staticmethod
+    def forward(ctx, x, matrices, index, slot, width):
+        packed = x.new_zeros(matrices.shape[0], width, x.shape[1])
+        packed[index, slot] = x
+        ctx.save_for_backward(packed, matrices, index, slot)
+        return torch.bmm(packed, matrices)[index, slot]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        packed, matrices, index, slot = ctx.saved_tensors
+        grad_out = grad_out.to(matrices.dtype)
+        grad_packed = grad_out.new_zeros(packed.shape[0], packed.shape[1], grad_out.shape[1])
+        grad_packed[index, slot] = grad_out
+        grad_x = grad_matrices = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad_packed, matrices.transpose(1, 2))[index, slot]
+        if ctx.needs_input_grad[1]:
+            grad_matrices = torch.bmm(packed.transpose(1, 2), grad_packed)
+        return grad_x, grad_matrices, None, None, None
+
+
+class _PackedRelationFirst(torch.autograd.Function):
+    """Training-mode ``relation_first`` in one node: ``M = dropout(rho W)`` for the ``U`` distinct relations, then
+    ``out[b] = x[b] @ M[index[b]]`` on the packed block (as :class:`_PackedGroupedProduct`).
+
+    Shapes: x ``(B, d)``, relations ``(U, d_r)``, core ``(d_r, d*d)``, index/slot ``(B,)``, keep ``(U, d*d)`` 0/1
+    mask or None -> ``(B, d)``. The dropout scale ``1/(1-p)`` is applied to the ``(U, d_r)`` relations instead of
+    the ``(U, d*d)`` product (same value, one pass less), and the backward products use
+    the operand layouts MKL runs fastest here (``W dM^T`` rather than ``dM W^T``: about 1.4x on FB15k-237 shapes).
+    """
+
+    @staticmethod
+    def forward(ctx, x, relations, core, index, slot, width, keep, scale):
+        scaled = relations * scale if scale != 1.0 else relations
+        matrices = torch.mm(scaled, core)
+        if keep is not None:
+            matrices.mul_(keep)
+        d = x.shape[1]
+        matrices = matrices.view(relations.shape[0], d, -1)
+        packed = x.new_zeros(relations.shape[0], width, d)
+        packed[index, slot] = x.to(matrices.dtype)
+        ctx.save_for_backward(packed, matrices, scaled, core, index, slot, keep)
+        ctx.scale = scale
+        return torch.bmm(packed, matrices)[index, slot]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        packed, matrices, scaled, core, index, slot, keep = ctx.saved_tensors
+        grad_out = grad_out.to(matrices.dtype)
+        grad_packed = grad_out.new_zeros(packed.shape[0], packed.shape[1], grad_out.shape[1])
+        grad_packed[index, slot] = grad_out
+        grad_x = grad_relations = grad_core = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad_packed, matrices.transpose(1, 2))[index, slot]
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_matrices = torch.bmm(packed.transpose(1, 2), grad_packed).view(packed.shape[0], -1)
+            if keep is not None:
+                grad_matrices.mul_(keep)
+            if ctx.needs_input_grad[1]:
+                grad_relations = torch.mm(core, grad_matrices.t()).t()
+                if ctx.scale != 1.0:
+                    grad_relations = grad_relations * ctx.scale
+            if ctx.needs_input_grad[2]:
+                grad_core = torch.mm(scaled.t().contiguous(), grad_matrices)
+        return grad_x, grad_relations, grad_core, None, None, None, None, None
+
+
+def pack_slots(index: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
+    """``(slot (B,), width)``: the rank of each query among those with the same ``index`` (in batch order) and
+    the largest group size; what :class:`_PackedGroupedProduct` takes."""
+    counts = torch.bincount(index, minlength=num_groups)
+    order = torch.argsort(index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(index)
+    slot[order] = torch.arange(index.shape[0], device=index.device) - starts.index_select(0, index[order])
+    return slot, int(counts.max()) if index.numel() else 0
 
 
 class ContextualRelationScorer(nn.Module):
@@ -139,13 +247,17 @@ class ContextualRelationScorer(nn.Module):
         """Matrix-product FLOPs of :meth:`forward` for each contraction order (2 per multiply-add).
 
         Counts what ``torch.utils.flop_counter.FlopCounterMode`` counts (mm/bmm), not batch-norm or dropout.
-        ``num_candidates = 0`` gives the cost of :meth:`contextualize` alone.
+        ``num_candidates = 0`` gives the cost of :meth:`contextualize` alone. The per-query products count
+        ``2 B d^2`` (useful FLOPs), also in training where the packed ``bmm`` multiplies some zero padding too.
+        The key "precomputed" is the cost with the context matrices already contracted (evaluation).
         """
         d, d_r, b, u = self.entity_dim, self.relation_dim, int(batch), int(num_unique_relations)
         scoring = 2 * b * int(num_candidates) * d
         return {
             "relation_first": 2 * u * d_r * d * d + 2 * b * d * d + scoring,
             "entity_first": 2 * b * d * d_r * d + 2 * b * d_r * d + scoring,
+            # :meth:`contextualize_with_matrices`, the matrices contracted beforehand (:meth:`context_matrices`)
+            "precomputed": 2 * b * d * d + scoring,
         }
 
     def _hidden_dropout_active(self) -> bool:
@@ -200,16 +312,56 @@ class ContextualRelationScorer(nn.Module):
             raise ValueError("entity_first cannot apply the hidden dropout on M_r; use relation_first in training "
                              "or set the hidden dropout to 0")
         d, d_r = self.entity_dim, self.relation_dim
-        x = self.input_dropout(self._normalise(self.input_norm, entities))
+        x = module_dropout(self.input_dropout, self._normalise(self.input_norm, entities))
         if order == "relation_first":
-            matrices = (relations @ self.core.reshape(d_r, d * d)).reshape(num_unique, d, d)
-            matrices = self.hidden_dropout(matrices)
-            context = _GroupedVectorMatrix.apply(x, matrices, relation_index, self.query_chunk)
+            context = self._relation_first(x, relations, relation_index)
         else:
             slabs = (x @ self.core.transpose(0, 1).reshape(d, d_r * d)).reshape(batch, d_r, d)
             query_relations = relations.index_select(0, relation_index)
             context = torch.bmm(query_relations.unsqueeze(1), slabs).squeeze(1)
-        return self.output_dropout(self._normalise(self.output_norm, context))
+        return module_dropout(self.output_dropout, self._normalise(self.output_norm, context))
+
+    def _relation_first(self, x: torch.Tensor, relations: torch.Tensor, relation_index: torch.Tensor) -> torch.Tensor:
+        """``x[b] @ Dropout_hidden(M[relation_index[b]])``: ``(B, d)``. In training, the packed single-node path
+        when its padding is small; in evaluation the gather path (no backward to speed up; FLOPs exact)."""
+        num_unique, p = relations.shape[0], float(self.hidden_dropout.p)
+        if self.training and x.shape[0] > 0:
+            slot, width = pack_slots(relation_index, num_unique)
+            if num_unique * width <= MAX_PADDING_FACTOR * x.shape[0]:
+                hidden = self.hidden_dropout.training and p > 0
+                if hidden and x.device.type != "cpu":  # the device's fused dropout kernel draws the mask fastest
+                    matrices = module_dropout(self.hidden_dropout, self.context_matrices(relations))
+                    return _PackedGroupedProduct.apply(x, matrices, relation_index, slot, width)
+                d = self.entity_dim
+                keep = keep_mask((num_unique, d * d), p, x.dtype, x.device, scaled=False) if hidden else None
+                return _PackedRelationFirst.apply(x, relations, self.core.reshape(self.relation_dim, d * d),
+                                                  relation_index, slot, width, keep, 1.0 / (1.0 - p) if hidden else 1.0)
+        matrices = module_dropout(self.hidden_dropout, self.context_matrices(relations))
+        return _GroupedVectorMatrix.apply(x, matrices, relation_index, self.query_chunk)
+
+    def context_matrices(self, relations: torch.Tensor) -> torch.Tensor:
+        """``M_r = W x_1 rho`` (before hidden dropout) for relation embeddings ``(U, d_r)`` -> ``(U, d, d)``:
+        one ``(U, d_r) @ (d_r, d*d)`` product."""
+        d = self.entity_dim
+        return (relations @ self.core.reshape(self.relation_dim, d * d)).reshape(relations.shape[0], d, d)
+
+    def contextualize_with_matrices(self, entities: torch.Tensor, matrices: torch.Tensor,
+                                    relation_index: torch.Tensor) -> torch.Tensor:
+        """:meth:`contextualize` in eval mode from matrices contracted beforehand (:meth:`context_matrices`).
+
+        Args:
+            entities: ``(B, d)``; matrices: ``(R, d, d)``; relation_index: ``(B,)`` long rows of ``matrices``.
+
+        Returns:
+            ``(B, d)``, equal to :meth:`contextualize` in eval mode (``2 B d^2`` FLOPs). Hidden dropout cannot be
+            applied to shared precomputed matrices, so this refuses to run in training mode.
+        """
+        if self._hidden_dropout_active():
+            raise ValueError("contextualize_with_matrices is for evaluation; in training the hidden dropout acts on "
+                             "each batch's matrices (use contextualize)")
+        x = module_dropout(self.input_dropout, self._normalise(self.input_norm, entities))
+        context = _GroupedVectorMatrix.apply(x, matrices, relation_index, self.query_chunk)
+        return module_dropout(self.output_dropout, self._normalise(self.output_norm, context))
 
     @staticmethod
     def score_candidates(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
