@@ -11,7 +11,7 @@ import io
 import math
 import textwrap
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from imf_kg.errors import ToolkitError
 from imf_kg.io import atomic_write_bytes, atomic_write_json, atomic_write_text

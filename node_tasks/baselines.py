@@ -6,7 +6,7 @@ modality and averages the predictions. All return :class:`node_tasks.model.NodeO
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict
 
 import torch
 from torch import Tensor, nn
