@@ -39,18 +39,33 @@ def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; expected a YAML file")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: byte 0x{raw[err.start]:02x} is not UTF-8; expected a UTF-8 YAML file") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({err.problem or err.context}); expected a YAML mapping") from None
+        raise ConfigError(f"{where}: invalid YAML ({_one_line(err.problem or err.context)}); "
+                          "expected a YAML mapping") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err}); expected a YAML mapping") from None
-    lines = _key_lines(node, str(path)) if node is not None else {}
-    instance = config_from_dict({} if data is None else data, schema, source=str(path), lines=lines)
+        raise ConfigError(f"{path}: invalid YAML ({_one_line(err)}); expected a YAML mapping") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply; expected a flat YAML mapping of settings") from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as err:
+        # PyYAML's constructors raise these for a bad scalar under an explicit tag (!!int x, !!timestamp ...)
+        raise ConfigError(f"{path}: invalid YAML value ({type(err).__name__}: {_one_line(err)}); "
+                          "expected plain YAML scalars") from None
+    try:
+        lines = _key_lines(node, str(path)) if node is not None else {}
+        instance = config_from_dict({} if data is None else data, schema, source=str(path), lines=lines)
+    except RecursionError:
+        raise ConfigError(f"{path}: a recursive YAML alias; expected plain values") from None
     return apply_overrides(instance, overrides)
 
 
@@ -86,9 +101,15 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         raise ConfigError(f"--set {text}: expected key.path=value, e.g. train.epochs=5")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text}: the value is not valid YAML ({err.__class__.__name__})") from None
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError) as err:
+        raise ConfigError(f"--set {_one_line(text)}: the value is not valid YAML ({err.__class__.__name__})") from None
     return [int(p) if p.strip().isdigit() else p.strip() for p in parts], value
+
+
+def _one_line(value: Any) -> str:
+    """Error text folded onto one line (PyYAML's reader errors span several)."""
+    return " ".join(str(value).split())
 
 
 def config_to_dict(instance: Any) -> Any:
