@@ -86,6 +86,20 @@ def test_training_scorer_packed_path_equals_gather_path(monkeypatch, hidden):
         torch.testing.assert_close(packed, gathered, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_training_path_under_bf16_autocast_gives_parameter_dtype_gradients():
+    """The trainer autocasts on CUDA; backward runs outside autocast, so the node must keep one dtype itself."""
+    torch.manual_seed(0)
+    scorer = ContextualRelationScorer(16, 8).train()
+    entities, table = torch.randn(32, 16, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    unique, index = distinct_relations(torch.randint(0, 6, (32,)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = scorer(entities, table[unique], torch.randn(20, 16), index)
+    scores.float().sum().backward()
+    assert scores.dtype == torch.bfloat16
+    for grad in (entities.grad, table.grad, scorer.core.grad):
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_evaluation_with_precomputed_matrices_equals_contextualize():
     scorer = ContextualRelationScorer(5, 3).eval()
     with torch.no_grad():

@@ -42,7 +42,7 @@ Speed (CPU measurements in ``benchmarks/train_speed.py`` and ``benchmarks/_profi
   back: a third of a 2-thread FB15k-237 step. The padding costs ``2 (U m - B) d^2`` extra FLOPs per product
   (about 3x the few useful ones, far below the relation contraction); a batch that would pad more than
   :data:`MAX_PADDING_FACTOR` rows per query uses the gather path. :meth:`flops` counts useful FLOPs only.
-* Dropout masks come from :mod:`imf_kg.scorers.dropout` (same distribution, ~8x cheaper than ``bernoulli_``).
+* Dropout masks come from :mod:`imf_kg.scorers.dropout` (same distribution, ~3x cheaper than ``bernoulli_``).
 * Evaluation: :meth:`context_matrices` lets a model contract every relation once per evaluation and score
   with :meth:`contextualize_with_matrices` (``2 B d^2`` per batch instead of ``2 U d_r d^2``).
 """
@@ -110,8 +110,8 @@ class _PackedGroupedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, matrices, index, slot, width):
-        packed = x.new_zeros(matrices.shape[0], width, x.shape[1])
-        packed[index, slot] = x
+        packed = matrices.new_zeros(matrices.shape[0], width, x.shape[1])
+        packed[index, slot] = x.to(matrices.dtype)
         ctx.save_for_backward(packed, matrices, index, slot)
         return torch.bmm(packed, matrices)[index, slot]
 
@@ -148,7 +148,7 @@ class _PackedRelationFirst(torch.autograd.Function):
             matrices.mul_(keep)
         d = x.shape[1]
         matrices = matrices.view(relations.shape[0], d, -1)
-        packed = x.new_zeros(relations.shape[0], width, d)
+        packed = matrices.new_zeros(relations.shape[0], width, d)  # mixed precision: the products' dtype
         packed[index, slot] = x.to(matrices.dtype)
         ctx.save_for_backward(packed, matrices, scaled, core, index, slot, keep)
         ctx.scale = scale
@@ -168,13 +168,33 @@ class _PackedRelationFirst(torch.autograd.Function):
             grad_matrices = torch.bmm(packed.transpose(1, 2), grad_packed).view(packed.shape[0], -1)
             if keep is not None:
                 grad_matrices.mul_(keep)
+            dtype = grad_matrices.dtype  # backward runs outside autocast: one dtype for every product
             if ctx.needs_input_grad[1]:
-                grad_relations = torch.mm(core, grad_matrices.t()).t()
+                grad_relations = torch.mm(core.to(dtype), grad_matrices.t()).t()
                 if ctx.scale != 1.0:
                     grad_relations = grad_relations * ctx.scale
             if ctx.needs_input_grad[2]:
-                grad_core = torch.mm(scaled.t().contiguous(), grad_matrices)
+                grad_core = torch.mm(scaled.t().to(dtype).contiguous(), grad_matrices)
         return grad_x, grad_relations, grad_core, None, None, None, None, None
+
+
+def grouped_by_matrix(x: torch.Tensor, matrices: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[b] = x[b] @ matrices[index[b]]``: ``(B, d)``, ``(R, d, e)``, ``(B,)`` -> ``(B, e)``, for evaluation.
+
+    Sorts the queries by matrix and multiplies each group by its matrix in place (a view): exactly ``2 B d e``
+    FLOPs and no gathered ``(B, d, e)`` copies. Gathering copies of the matrices (``index_select``) allocated
+    fresh pages for every chunk; with two threads on the shared machine those page faults made the gather half of
+    an IMF evaluation. Differentiable (plain autograd ops).
+    """
+    order = torch.argsort(index, stable=True)
+    groups, counts = torch.unique_consecutive(index.index_select(0, order), return_counts=True)
+    rows = x.index_select(0, order)
+    parts, start = [], 0
+    for group, count in zip(groups.tolist(), counts.tolist()):
+        parts.append(rows[start:start + count] @ matrices[group])
+        start += count
+    products = torch.cat(parts, dim=0) if parts else x.new_zeros(0, matrices.shape[2])
+    return products.index_select(0, torch.argsort(order))
 
 
 def pack_slots(index: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
@@ -323,7 +343,7 @@ class ContextualRelationScorer(nn.Module):
 
     def _relation_first(self, x: torch.Tensor, relations: torch.Tensor, relation_index: torch.Tensor) -> torch.Tensor:
         """``x[b] @ Dropout_hidden(M[relation_index[b]])``: ``(B, d)``. In training, the packed single-node path
-        when its padding is small; in evaluation the gather path (no backward to speed up; FLOPs exact)."""
+        when its padding is small, else the chunked gather; in evaluation :func:`grouped_by_matrix` (exact FLOPs)."""
         num_unique, p = relations.shape[0], float(self.hidden_dropout.p)
         if self.training and x.shape[0] > 0:
             slot, width = pack_slots(relation_index, num_unique)
@@ -337,6 +357,8 @@ class ContextualRelationScorer(nn.Module):
                 return _PackedRelationFirst.apply(x, relations, self.core.reshape(self.relation_dim, d * d),
                                                   relation_index, slot, width, keep, 1.0 / (1.0 - p) if hidden else 1.0)
         matrices = module_dropout(self.hidden_dropout, self.context_matrices(relations))
+        if not self.training:
+            return grouped_by_matrix(x, matrices, relation_index)
         return _GroupedVectorMatrix.apply(x, matrices, relation_index, self.query_chunk)
 
     def context_matrices(self, relations: torch.Tensor) -> torch.Tensor:
@@ -360,7 +382,7 @@ class ContextualRelationScorer(nn.Module):
             raise ValueError("contextualize_with_matrices is for evaluation; in training the hidden dropout acts on "
                              "each batch's matrices (use contextualize)")
         x = module_dropout(self.input_dropout, self._normalise(self.input_norm, entities))
-        context = _GroupedVectorMatrix.apply(x, matrices, relation_index, self.query_chunk)
+        context = grouped_by_matrix(x, matrices, relation_index)
         return module_dropout(self.output_dropout, self._normalise(self.output_norm, context))
 
     @staticmethod

@@ -8,15 +8,16 @@ draw and comparison per entry on a single thread. IMF's largest masks are the hi
 distinct ``(d, d)`` context matrices (about 3.4M entries per scorer per FB15k-237 batch at d = 200) and the
 fusion's input dropout on all ``N`` entities; ``bernoulli_`` on them was 20% of a structure-only training step
 on the 2-core development machine, more than the relation contraction it follows. Here the random bits come
-from numpy's SFC64 generator (``random_raw``: 64 raw bits per call, two draws), about 3x cheaper than torch's
-``random_`` and 8x cheaper than ``bernoulli_`` in CPU time (``benchmarks/_profile_notes.md``), and one
-comparison writes the float mask directly.
+from numpy's SFC64 generator (``random_raw``: 64 raw bits per call, two draws; 3x cheaper than torch's
+``random_``), and one comparison writes the float mask: 24 ms of CPU per 3.4M entries against 76 ms for
+``bernoulli_`` and 108 ms for ``F.dropout`` (``benchmarks/_profile_notes.md``).
 
 Distribution: each entry compares an independent 32-bit uniform integer with ``round((1 - p) 2^32)``, so the
 keep probability is ``1 - p`` to within ``2^-33`` (``torch.rand``'s floats have 24 random bits). Each mask's
 generator is seeded with a 63-bit number drawn from torch's default generator (or the one given), so
 ``torch.manual_seed`` reproduces the masks and the trainer's saved torch RNG state resumes them. SFC64 (Doty-
-Humphrey's Small Fast Chaotic generator, numpy's recommended fast bit generator) passes PractRand and BigCrush.
+Humphrey's Small Fast Chaotic generator, one of numpy's bit generators) has a 64-bit counter in its state: a
+period of at least 2^64 (about 2^255 expected) and no overlap between seeds for 2^64 draws (numpy's docs).
 On other devices ``F.dropout`` is used as it is: its fused kernels are already fast there.
 """
 
