@@ -218,12 +218,18 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool, resume: bool) -> Path:
         if not (run_dir / "checkpoints" / "last.pt").exists():
             raise ToolkitError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    return fresh_folder(run_dir, overwrite, "the run folder exists; pass --overwrite to replace it or --resume")
+
+
+def fresh_folder(folder: str | Path, overwrite: bool, refusal: str) -> Path:
+    """An empty ``folder``: a non-empty one is removed only with ``overwrite``, else ``RunDirExistsError``."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
         if not overwrite:
-            raise RunDirExistsError(f"{run_dir}: the run folder exists; pass --overwrite to replace it or --resume")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+            raise RunDirExistsError(f"{folder}: {refusal}")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def train_one(kg, cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool, structure_vectors=None):

@@ -39,9 +39,9 @@ from imf_kg.comparison.methods import (
     needed_modalities,
 )
 from imf_kg.config import save_config
-from imf_kg.errors import ConfigError, RunDirExistsError
+from imf_kg.errors import ConfigError
 from imf_kg.evaluation import evaluate_link_prediction
-from imf_kg.experiment import ExperimentConfig, build_optimizer, prepare_data, pretrained_structure
+from imf_kg.experiment import ExperimentConfig, build_optimizer, fresh_folder, prepare_data, pretrained_structure
 from imf_kg.io import atomic_write_json
 from imf_kg.models.imf import STRUCTURE
 from imf_kg.reporting import markdown_table, summarise, write_comparison
@@ -76,7 +76,7 @@ def run_comparison(cfg: ExperimentConfig, methods: Sequence[str], baselines: Seq
     if not seeds:
         raise ConfigError("expected at least one seed")
     start = time.perf_counter()
-    out_dir = _prepare_out_dir(Path(out_dir), overwrite)
+    out_dir = fresh_folder(out_dir, overwrite, "the output folder exists; pass --overwrite to replace it")
     save_config(cfg, out_dir / "config.yaml")
     device = resolve_device(cfg.train.device)
 
@@ -226,15 +226,6 @@ def _notes(cfg: ExperimentConfig, skipped: dict, records: list) -> str:
     for method, reason in skipped.items():
         lines.append(f"- {method}: {reason}")
     return "\n".join(lines) + "\n"
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RunDirExistsError(f"{out_dir}: the output folder exists; pass --overwrite to replace it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
 
 
 def _pretrain_dir(run_dir: Path, seed: int) -> Path:

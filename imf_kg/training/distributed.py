@@ -203,17 +203,7 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
     """
     if not is_distributed():
         return fn(*args, **kwargs)
-    if get_rank() == 0:
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as err:
-            broadcast_object(("error", type(err).__name__, str(err)))
-            raise
-        return broadcast_object(("ok", result))[1]
-    outcome = broadcast_object(None)
-    if outcome[0] == "error":
-        raise _error_like(outcome[1], outcome[2])
-    return outcome[1]
+    return _rank0_then_broadcast(fn, args, kwargs, share_result=True)
 
 
 def main_first(fn: Callable[..., T], *args, **kwargs) -> T:
@@ -224,18 +214,27 @@ def main_first(fn: Callable[..., T], *args, **kwargs) -> T:
     """
     if not is_distributed():
         return fn(*args, **kwargs)
+    result = _rank0_then_broadcast(fn, args, kwargs, share_result=False)
+    return result if get_rank() == 0 else fn(*args, **kwargs)
+
+
+def _rank0_then_broadcast(fn, args, kwargs, share_result: bool):
+    """Rank 0 runs ``fn`` and broadcasts its outcome; other ranks receive it (rank 0's error raised again).
+
+    Returns rank 0's result on rank 0, and on the other ranks the broadcast result (``None`` when not shared).
+    """
     if get_rank() == 0:
         try:
             result = fn(*args, **kwargs)
         except BaseException as err:
             broadcast_object(("error", type(err).__name__, str(err)))
             raise
-        broadcast_object(("ok",))
+        broadcast_object(("ok", result if share_result else None))
         return result
     outcome = broadcast_object(None)
     if outcome[0] == "error":
         raise _error_like(outcome[1], outcome[2])
-    return fn(*args, **kwargs)
+    return outcome[1]
 
 
 def _error_like(class_name: str, message: str) -> ToolkitError:
