@@ -32,6 +32,14 @@ from imf_kg.io import atomic_write_text
 T = TypeVar("T")
 KeyPath = tuple  # of str (mapping keys) and int (list positions)
 
+# Bounds on what a config document may be, checked before PyYAML composes it: PyYAML's scanner takes time
+# cubic in flow nesting (seconds at 1,000 levels) and its composer recurses per level, and nested aliases
+# expand exponentially when the schema walks them. Real configs are a few kilobytes, a few levels deep.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 64
+MAX_INDENT = 512
+MAX_EXPANDED_NODES = 100_000
+
 
 # ------------------------------------------------------------------------------------------------ public
 def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()) -> T:
@@ -45,6 +53,9 @@ def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: byte 0x{raw[err.start]:02x} is not UTF-8; expected a UTF-8 YAML file") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(raw):,} bytes; expected a config file under {MAX_CONFIG_BYTES:,} bytes")
+    check_yaml_bounds(text, str(path))
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -99,12 +110,83 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     parts = key.strip().split(".")
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError(f"--set {text}: expected key.path=value, e.g. train.epochs=5")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set {key.strip()}=...: the value has {len(raw):,} characters; "
+                          f"expected under {MAX_CONFIG_BYTES:,}")
+    check_yaml_bounds(raw, f"--set {_one_line(text)[:80]}", lines=False)
     try:
         value = yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             OverflowError) as err:
         raise ConfigError(f"--set {_one_line(text)}: the value is not valid YAML ({err.__class__.__name__})") from None
     return [int(p) if p.strip().isdigit() else p.strip() for p in parts], value
+
+
+def check_yaml_bounds(text: str, where: str, lines: bool = True) -> None:
+    """Refuse, with one :class:`ConfigError` line, a YAML text too deep, too indented or too alias-heavy to load.
+
+    Two passes, both linear: a character pass bounds flow nesting (``[[[...`` and ``{{{...``) and
+    indentation before PyYAML's scanner sees them; then PyYAML's event stream (iterative, so no recursion)
+    bounds block nesting, refuses an alias used inside its own anchor, and counts the nodes the document
+    expands to with every alias substituted. ``where`` names the file (``lines``: say ``file:line``) or the
+    override. Brackets inside quoted strings count too, so a string with more than :data:`MAX_NESTING`
+    unclosed brackets in a row is refused; no real setting looks like that.
+    """
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        indent = len(line) - len(line.lstrip(" "))
+        if indent > MAX_INDENT:
+            at = f"{where}:{number}" if lines else where
+            raise ConfigError(f"{at}: indented {indent} columns; expected at most {MAX_INDENT}")
+        comment = line.find(" #")
+        body = line if comment < 0 else line[:comment]
+        if body.lstrip().startswith("#"):
+            continue
+        for char in body:
+            if char in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    at = f"{where}:{number}" if lines else where
+                    raise ConfigError(f"{at}: YAML nested more than {MAX_NESTING} levels deep; "
+                                      "expected a config of a few levels")
+            elif char in "]}" and depth:
+                depth -= 1
+    sizes: dict[str, int] = {}  # anchor -> expanded node count
+    stack: list[list] = [[None, 0]]  # per open collection: [anchor, expanded nodes so far]
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            at = f"{where}:{event.start_mark.line + 1}" if lines and event.start_mark else where
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([event.anchor, 0])
+                if len(stack) > MAX_NESTING + 1:
+                    raise ConfigError(f"{at}: YAML nested more than {MAX_NESTING} levels deep; "
+                                      "expected a config of a few levels")
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = stack.pop()
+                size += 1
+                if anchor is not None:
+                    sizes[anchor] = size
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in sizes:
+                    what = "inside its own anchor" if any(a == event.anchor for a, _ in stack) else "before its anchor"
+                    raise ConfigError(f"{at}: the alias *{event.anchor} is used {what} (a recursive YAML alias); "
+                                      "expected plain values")
+                size = sizes[event.anchor]
+            elif isinstance(event, yaml.ScalarEvent):
+                size = 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            else:
+                continue
+            stack[-1][1] += size
+            if sum(count for _, count in stack) > MAX_EXPANDED_NODES:
+                raise ConfigError(f"{at}: YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values; "
+                                  "expected a config without nested alias chains")
+    except yaml.YAMLError:
+        return  # the loader reports malformed YAML itself, with its own line
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply; expected a config of a few levels") from None
 
 
 def _one_line(value: Any) -> str:
