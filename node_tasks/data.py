@@ -390,19 +390,21 @@ def load_hgnn_ima_release(folder: str | Path, dataset: str = "IMDB") -> HeteroDa
 
     def matrix(name: str) -> np.ndarray:
         file = path(name)
-        loaded = np.load(file, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                files = list(loaded.files)
-                if "feature" in files:
-                    loaded = loaded["feature"]
-                elif "format" not in files:
-                    raise DataFormatError(file, None, f"arrays {files}", "an array named 'feature' or a scipy sparse matrix")
-            if not isinstance(loaded, np.ndarray):
-                loaded = sp.load_npz(file).toarray()  # MAGNN's bag-of-words features (IMDB)
+        with _numpy_file(file, "a feature .npz/.npy written by numpy or scipy.sparse.save_npz"):
+            loaded = np.load(file, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded:
+                    files = list(loaded.files)
+                    if "feature" in files:
+                        loaded = loaded["feature"]
+                    elif "format" not in files:
+                        raise DataFormatError(file, None, f"arrays {files}",
+                                              "an array named 'feature' or a scipy sparse matrix")
+                if not isinstance(loaded, np.ndarray):
+                    loaded = sp.load_npz(file).toarray()  # MAGNN's bag-of-words features (IMDB)
         if loaded.ndim != 2:
             raise DataFormatError(file, None, f"an array of shape {loaded.shape}", "a 2-D (nodes, features) array")
-        return loaded
+        return _finite_features(loaded, file)
 
     types, target = layout["types"], layout["types"][0]
     text = {nt: matrix(name) for nt, name in zip(types, layout["text"])}
@@ -414,21 +416,31 @@ def load_hgnn_ima_release(folder: str | Path, dataset: str = "IMDB") -> HeteroDa
     features = {nt: {"text": _present_rows(x)} for nt, x in text.items()}
     features[target]["image"] = _present_rows(image)
 
-    labels = np.load(path("labels.npy")).reshape(-1)
     class_names = layout["class_names"]
-    if labels.shape[0] != counts[target] or labels.min() < 0 or labels.max() >= len(class_names):
-        raise DataFormatError(path("labels.npy"), None, f"{labels.shape[0]} labels in [{labels.min()}, {labels.max()}]",
-                              f"{counts[target]} labels in [0, {len(class_names)})")
-    with np.load(path(layout["split"])) as split_file:
-        split = {}
-        for name in SPLITS:
-            if f"{name}_idx" not in split_file.files:
-                raise DataFormatError(path(layout["split"]), None, f"arrays {split_file.files}", f"an array {name}_idx")
-            index = np.asarray(split_file[f"{name}_idx"], dtype=np.int64).reshape(-1)
-            if index.size and (index.min() < 0 or index.max() >= counts[target]):
-                raise DataFormatError(path(layout["split"]), None, f"{name}_idx outside [0, {counts[target]})",
-                                      f"{target} indices")
-            split[name] = torch.as_tensor(index)
+    with _numpy_file(path("labels.npy"), "an integer array written by numpy.save"):
+        labels = np.load(path("labels.npy"), allow_pickle=False)
+    if not isinstance(labels, np.ndarray):
+        raise DataFormatError(path("labels.npy"), None, "an .npz archive", "a single .npy array of class ids")
+    labels = _integer_values(labels.reshape(-1), path("labels.npy"), "class ids")
+    if labels.shape[0] != counts[target] or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(class_names):
+        found = (f"{labels.shape[0]} labels in [{labels.min()}, {labels.max()}]" if labels.size else "no labels")
+        raise DataFormatError(path("labels.npy"), None, found, f"{counts[target]} labels in [0, {len(class_names)})")
+    split_path = path(layout["split"])
+    with _numpy_file(split_path, "an .npz archive with train_idx, val_idx and test_idx"):
+        split_file = np.load(split_path, allow_pickle=False)
+        if not isinstance(split_file, np.lib.npyio.NpzFile):
+            raise DataFormatError(split_path, None, "a single array", "an .npz archive with train_idx, val_idx, test_idx")
+        with split_file:
+            arrays = {name: split_file[f"{name}_idx"] for name in SPLITS if f"{name}_idx" in split_file.files}
+            missing = [name for name in SPLITS if name not in arrays]
+            if missing:
+                raise DataFormatError(split_path, None, f"arrays {split_file.files}", f"an array {missing[0]}_idx")
+    split = {}
+    for name in SPLITS:
+        index = _integer_values(np.asarray(arrays[name]).reshape(-1), split_path, f"{name}_idx {target} indices")
+        if index.size and (index.min() < 0 or index.max() >= counts[target]):
+            raise DataFormatError(split_path, None, f"{name}_idx outside [0, {counts[target]})", f"{target} indices")
+        split[name] = torch.as_tensor(index)
 
     relations, ignored = _release_relations(path(layout["rdf"]), layout["relations"], counts, offsets)
     notes = [f"HGNN-IMA release layout, {key}, from {folder}; image modality only for {target} "
@@ -439,6 +451,48 @@ def load_hgnn_ima_release(folder: str | Path, dataset: str = "IMDB") -> HeteroDa
                         split, class_names, notes)
 
 
+class _numpy_file:
+    """Context: NumPy's and SciPy's errors on a damaged or foreign file become one DataFormatError naming it."""
+
+    def __init__(self, file: Path, expected: str):
+        self.file, self.expected = file, expected
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, trace):
+        if err is None or isinstance(err, ToolkitError) or not isinstance(err, Exception):
+            return False
+        message = " ".join(str(err).split())[:60]
+        raise DataFormatError(self.file, None, f"an unreadable file ({kind.__name__}: {message})",
+                              self.expected) from None
+
+
+def _integer_values(values: np.ndarray, file: Path, what: str) -> np.ndarray:
+    """``values`` as int64, refusing non-numeric, non-finite and fractional entries (no silent truncation)."""
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64)
+    if values.dtype.kind != "f":
+        raise DataFormatError(file, None, f"{what} of dtype {values.dtype}", f"integer {what}")
+    bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+    if bad.size:
+        raise DataFormatError(file, None, f"{what} value {values[bad[0]]!r} at position {int(bad[0])}",
+                              f"whole-number {what}")
+    return values.astype(np.int64)
+
+
+def _finite_features(values: np.ndarray, file: Path) -> np.ndarray:
+    """A real, finite feature matrix; complex, non-numeric, NaN or infinite values are refused by row."""
+    if values.dtype.kind not in "biuf":
+        raise DataFormatError(file, None, f"features of dtype {values.dtype}", "real-valued (float or integer) features")
+    finite = np.isfinite(values).all(axis=1) if values.dtype.kind == "f" else None
+    if finite is not None and not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise DataFormatError(file, None, f"a NaN or infinite value in row {row}",
+                              "finite feature values (a missing row is all zeros)")
+    return values
+
+
 def _present_rows(values: np.ndarray) -> tuple[Tensor, Tensor]:
     values = torch.as_tensor(np.asarray(values, dtype=np.float32))
     return values, values.abs().sum(1) > 0
@@ -446,10 +500,12 @@ def _present_rows(values: np.ndarray) -> tuple[Tensor, Tensor]:
 
 def _release_relations(rdf_path, relation_ids, counts, offsets):
     """Edge index per forward edge type from rdf rows ``(e1, e2, relation id)`` in global ids."""
-    rdf = np.load(rdf_path, allow_pickle=False)
-    if rdf.ndim != 2 or rdf.shape[1] != 3:
-        raise DataFormatError(rdf_path, None, f"an array of shape {rdf.shape}", "rows (e1, e2, relation id)")
-    rdf = rdf.astype(np.int64)
+    with _numpy_file(rdf_path, "an integer array of rows (e1, e2, relation id) written by numpy.save"):
+        rdf = np.load(rdf_path, allow_pickle=False)
+    if not isinstance(rdf, np.ndarray) or rdf.ndim != 2 or rdf.shape[1] != 3:
+        shape = rdf.shape if isinstance(rdf, np.ndarray) else "an .npz archive"
+        raise DataFormatError(rdf_path, None, f"an array of shape {shape}", "rows (e1, e2, relation id)")
+    rdf = _integer_values(rdf, rdf_path, "node and relation ids")
     grouped: dict[EdgeType, tuple[str, list]] = {}
     for rid, (src, rel, dst, reverse) in relation_ids.items():
         rows = np.flatnonzero(rdf[:, 2] == rid)

@@ -59,6 +59,29 @@ TOKEN = re.compile(r"(?u)\b\w\w+\b")  # CountVectorizer's default token_pattern
 REQUIRED_COLUMNS = ("movie_title", "genres", "plot_keywords") + ACTOR_COLUMNS + ("director_name",)
 
 
+def _read_csv(csv_path: Path):
+    """pandas.read_csv with its decode, empty-file and tokenizer errors as one DataFormatError line."""
+
+    import pandas as pd
+
+    raw = csv_path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataFormatError(csv_path, line, f"byte 0x{raw[err.start]:02x}, not UTF-8", "a UTF-8 CSV file") from None
+    try:
+        return pd.read_csv(csv_path, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(csv_path, 1, "an empty file", "the IMDB-5000 movie_metadata.csv with a header") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        text = " ".join(str(err).split())
+        match = re.search(r"(?:row|line) (\d+)", text)
+        line = int(match.group(1)) + (1 if "row" in match.group(0) else 0) if match else None
+        raise DataFormatError(csv_path, line, f"malformed CSV ({text[:70]})",
+                              "comma-separated rows with balanced quotes") from None
+
+
 def read_movies(csv_path: str | Path, drop_rule: str = "regnn"):
     """The kept movies (a pandas DataFrame, CSV order) and their labels ``(n,)`` int64 (0/1/2).
 
@@ -72,7 +95,7 @@ def read_movies(csv_path: str | Path, drop_rule: str = "regnn"):
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ToolkitError(f"{csv_path}: no such file; expected the IMDB-5000 movie_metadata.csv")
-    movies = pd.read_csv(csv_path, encoding="utf-8")
+    movies = _read_csv(Path(csv_path))
     missing = [c for c in REQUIRED_COLUMNS + NUMERIC_COLUMNS if c not in movies.columns]
     if missing:
         raise DataFormatError(csv_path, 1, f"header without {', '.join(missing)}",

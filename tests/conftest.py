@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run of `make test` (CI must not fail by chance); run
+# `HYPOTHESIS_PROFILE=explore pytest ...` to search new random examples, as a hunt for loader bugs.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Tests are many small tensor operations: one intra-op thread avoids OpenMP spin-waiting and
 # oversubscription (measured 10x faster on a loaded 2-core machine). IMF_KG_TEST_THREADS overrides.

@@ -129,15 +129,26 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataFormatError(path, None, f"an unreadable image ({type(err).__name__})",
-                                  "an image file PIL can open") from err
+                image = image.convert("RGB")
+        except Image.DecompressionBombError as err:
+            raise DataFormatError(path, None, f"an image over PIL's pixel limit ({_one_line(err)[:60]})",
+                                  "an image small enough to decode safely") from None
+        except Exception as err:  # noqa: BLE001 - PIL raises ValueError, SyntaxError, struct.error... on corrupt files
+            raise DataFormatError(path, None, f"an unreadable image ({type(err).__name__}: {_one_line(err)[:50]})",
+                                  "an image file PIL can open") from None
+        tensor = self.transform(image)
+        if not bool(torch.isfinite(tensor).all()):
+            raise DataFormatError(path, None, "non-finite pixel values after preprocessing", "a decodable image")
+        return tensor
+
+
+def _one_line(value) -> str:
+    return " ".join(str(value).split())
 
 
 def _as_path_lists(images: Sequence) -> list[list[str]]:

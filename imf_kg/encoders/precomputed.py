@@ -103,9 +103,16 @@ def load_feature_matrix(path: str | Path, num_rows: int | None = None, dim: int 
     if isinstance(loaded, tuple):
         loaded, mask, source = loaded
     if isinstance(loaded, torch.Tensor):
+        if loaded.is_complex():
+            raise DataFormatError(path, None, f"a complex tensor ({loaded.dtype})", "real-valued features")
+        if loaded.is_floating_point() and loaded.dtype not in (torch.float16, torch.float32, torch.float64):
+            loaded = loaded.float()  # bfloat16 / float8 have no NumPy type; float32 holds them exactly
         loaded = loaded.detach().cpu().numpy()
     if not isinstance(loaded, np.ndarray) or not np.issubdtype(loaded.dtype, np.number):
-        raise DataFormatError(path, None, f"a {type(loaded).__name__}", "a numeric array")
+        what = f"an array of dtype {loaded.dtype}" if isinstance(loaded, np.ndarray) else f"a {type(loaded).__name__}"
+        raise DataFormatError(path, None, what, "a numeric array")
+    if np.iscomplexobj(loaded):
+        raise DataFormatError(path, None, f"a complex array ({loaded.dtype})", "real-valued features")
     values = loaded.astype(np.float32, copy=False)
     if values.ndim != 2:
         raise DataFormatError(path, None, f"an array of shape {tuple(values.shape)}", "a 2-D matrix (rows, dim)")
@@ -119,7 +126,11 @@ def load_feature_matrix(path: str | Path, num_rows: int | None = None, dim: int 
         raise DataFormatError(path, None, f"NaN or inf in row {bad} ({int((~finite).sum())} rows in all)",
                               "finite values")
     if mask is not None:
-        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if not ((isinstance(mask, torch.Tensor) and mask.dtype in (torch.bool, torch.uint8))
+                or (isinstance(mask, np.ndarray) and mask.dtype in (np.bool_, np.uint8))):
+            found = f"dtype {mask.dtype}" if isinstance(mask, (torch.Tensor, np.ndarray)) else type(mask).__name__
+            raise DataFormatError(path, None, f"a mask of {found}", "a boolean (or 0/1 uint8) mask, one per row")
+        mask = torch.as_tensor(mask).to(torch.bool).reshape(-1)
         if mask.shape[0] != values.shape[0]:
             raise DataFormatError(path, None, f"a mask of {mask.shape[0]} rows", f"{values.shape[0]} rows")
     elif zero_rows_missing:
