@@ -103,22 +103,11 @@ def gemm_cpu_gflops(size: int = 2048, min_seconds: float = 2.0) -> float:
 
 
 def tune_malloc() -> bool:
-    """Serve large blocks from glibc's heap and keep freed memory, instead of ``mmap``/``munmap`` per tensor.
+    """glibc keeps freed memory (no mmap/munmap per large tensor): :func:`imf_kg.training.memory.keep_freed_memory`,
+    which the ``imf-kg`` and ``node-tasks`` commands apply by default."""
+    from imf_kg.training.memory import keep_freed_memory
 
-    glibc maps every block of 32 MiB or more (and smaller ones until its adaptive threshold has grown) afresh;
-    each fresh page costs a page fault and zeroing on first touch. A structure-only FB15k-237 step allocates
-    the 32 MiB core gradient and other blocks anew (``zero_grad(set_to_none=True)`` frees them), about 10,000
-    page faults per step; with this setting about 160. A process-wide setting, so a benchmark (or trainer) option,
-    never done by the library. Returns False where glibc's ``mallopt`` is unavailable.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
+    return keep_freed_memory()
 
 
 def load() -> str:

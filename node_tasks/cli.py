@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from imf_kg.training.memory import keep_freed_memory
+
+    keep_freed_memory()  # see imf_kg/training/memory.py
     args = build_parser().parse_args(argv)
     try:
         if args.threads is not None:
