@@ -1,6 +1,7 @@
 """``node-tasks``: train and compare node classifiers on multimodal heterogeneous networks (HGNN-IMA, IJCAI 2025).
 
     node-tasks train --config configs/hgnn_ima/synthetic.yaml [--set model.hidden=32] [--run-dir DIR]
+    torchrun --nproc_per_node N -m node_tasks train --config ...     (data-parallel; node_tasks.distributed)
     node-tasks compare --dataset synthetic --models ima,hgt-early,hgt-late --seeds 5 [--out DIR]
 
 Errors caused by the input (:class:`~imf_kg.errors.ToolkitError`) end in one line on stderr and exit
@@ -10,11 +11,10 @@ status 2, never a traceback (the same convention as ``imf-kg``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-from imf_kg.errors import ConfigError, RunDirExistsError, ToolkitError
+from imf_kg.errors import ConfigError, ToolkitError
 
 
 def _add_train(sub) -> None:
@@ -65,22 +65,26 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _run_train(args) -> int:
+    """One model; under ``torchrun`` data-parallel (node_tasks.distributed), rank 0 alone writing files."""
     from imf_kg.config import load_config, save_config
+    from imf_kg.experiment import fresh_folder
+    from imf_kg.io import atomic_write_json
+    from imf_kg.training import is_main_process
+    from imf_kg.training.distributed import distributed_session, on_main
     from node_tasks.compare import load_dataset
     from node_tasks.train import NodeExperimentConfig, train_and_test
-    from imf_kg.io import atomic_write_json
 
     config = load_config(args.config, NodeExperimentConfig, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise RunDirExistsError(f"{run_dir}: run folder exists; pass --overwrite to replace it or --run-dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    data = load_dataset(config.dataset, config.data_options)
-    record = train_and_test(config, data, run_dir)
-    atomic_write_json(run_dir / "results.json", record)
+    with distributed_session(config.train.device):  # joins torchrun's process group when there is one
+        on_main(lambda: save_config(config, fresh_folder(
+            run_dir, args.overwrite, "run folder exists; pass --overwrite to replace it or --run-dir")
+            / "config.yaml"))
+        data = load_dataset(config.dataset, config.data_options)
+        record = train_and_test(config, data, run_dir)
+        if not is_main_process():
+            return 0
+        atomic_write_json(run_dir / "results.json", record)
     print(f"{config.model.name} on {config.dataset}: best epoch {record['best_epoch']} "
           f"(val Macro-F1 {record.get('val_macro_f1', float('nan')):.4f}); "
           f"test Micro-F1 {record['micro_f1']:.4f}, Macro-F1 {record['macro_f1']:.4f}")

@@ -24,8 +24,10 @@ from torch_geometric.sampler import BaseSampler, HeteroSamplerOutput, NodeSample
 from imf_kg.errors import ConfigError
 from imf_kg.reporting import summarise
 from imf_kg.training import TrainConfig, Trainer, is_main_process
+from imf_kg.training.distributed import get_rank, get_world_size
 from imf_kg.training.curves import plot_training_curve
 from node_tasks.baselines import FeatureMLP, HGTEarlyFusion, HGTLateFusion
+from node_tasks.distributed import RankBatch, full_graph_batches, rank_seed_batches
 from node_tasks.losses import LossWeights, NodeClassificationLoss, loss_weights_for
 from node_tasks.model import HGNNIMA, NodeOutputs, graph_inputs
 
@@ -165,12 +167,23 @@ class NodeClassificationTask:
 
     # ---- TrainingTask protocol
     def train_batches(self, epoch: int, generator: torch.Generator):
+        world_size = get_world_size()
+        if world_size > 1:  # data-parallel (node_tasks.distributed): this rank's part of each global batch
+            train_mask = self.data[self.target].train_mask
+            if self.batch_size is None:
+                return full_graph_batches(int(train_mask.sum()), world_size)
+            sample = lambda seeds: next(iter(make_neighbor_loader(  # noqa: E731
+                self.data, seeds, self.num_neighbors, seeds.numel(), shuffle=False)))
+            return rank_seed_batches(train_mask.nonzero().view(-1), self.batch_size, generator, get_rank(),
+                                     world_size, sample)
         if self.batch_size is None:
             return [None]  # one full-graph step per epoch
         return make_neighbor_loader(self.data, self.data[self.target].train_mask, self.num_neighbors,
                                     self.batch_size, shuffle=True, generator=generator)
 
     def training_step(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        if isinstance(batch, RankBatch):  # data-parallel: this rank's part (node_tasks.distributed)
+            batch = batch.batch
         graph, seeds = self._graph_and_seeds(model, batch, "train")
         x, edges, masks = graph_inputs(graph)
         outputs = model(x, edges, masks, return_attention=self.loss.needs_attention)
@@ -179,7 +192,13 @@ class NodeClassificationTask:
     def validate(self, model: nn.Module) -> Dict[str, float]:
         return self.evaluate(model, "val")
 
+    def shard_batch(self, batch: RankBatch, rank: int, world_size: int) -> Tuple[RankBatch, float]:
+        """Under torchrun, :meth:`train_batches` already yields this rank's part with its weight."""
+        return batch, batch.weight
+
     def batch_size_of(self, batch) -> int:
+        if isinstance(batch, RankBatch):
+            return batch.global_size
         if batch is None:
             return int(self.data[self.target].train_mask.sum())
         return int(batch[self.target].batch_size)
