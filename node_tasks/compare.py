@@ -124,7 +124,8 @@ def _report(record: Dict, records: List[Dict], log) -> None:
     records.append(record)
     log(f"{record['method']:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
         f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
-        f"epoch {record['best_epoch']}, {record['seconds']:.1f}s)")
+        f"epoch {record['best_epoch']}, {record['seconds']:.1f}s, {record.get('epoch_s', math.nan):.3f}s/epoch, "
+        f"peak RSS {record.get('peak_rss_mb', math.nan):.0f} MB)")
 
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:

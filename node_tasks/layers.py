@@ -344,6 +344,8 @@ class HGNNIMALayer(nn.Module):
         return summed, delivered, att
 
     def __repr__(self) -> str:
+        # cross_modal as it acts: with at most one modality shared across every edge type lambda is 1
+        # either way, so the -cross ablation is then the same computation (compare reuses its runs)
         return (f"{self.__class__.__name__}({self.hidden}, heads={self.heads}, variant={self.variant!r}, "
-                f"cross_modal={self.cross_modal}, alignment={self.alignment}, "
+                f"cross_modal={self.cross_modal and len(self.w_mod) > 0}, alignment={self.alignment}, "
                 f"missing_modality={self.missing_modality!r}, final_attention={self.final_attention!r}, edge_types={len(self.edge_types)})")

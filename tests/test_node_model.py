@@ -138,3 +138,59 @@ def test_reference_shares_the_input_projection_when_widths_match():
     assert model.input_projection == "shared" and set(model.projections) == {"movie", "actor", "director"}
     x, edges, masks = graph_inputs(data)
     assert model(x, edges, masks).logits.shape == (data["movie"].num_nodes, 3)
+
+
+def test_vectorised_hgt_conv_matches_torch_geometric_hgt_conv():
+    from torch_geometric.nn import HGTConv
+
+    from node_tasks.baselines import VectorisedHGTConv
+
+    data = tiny_graph()
+    torch.manual_seed(0)
+    x = {nt: torch.randn(data[nt].num_nodes, 8) for nt in data.node_types}
+    reference = HGTConv(8, 8, data.metadata(), heads=2)
+    fast = VectorisedHGTConv(8, 8, data.metadata(), heads=2)
+    fast.load_state_dict(reference.state_dict())
+    expected, found = reference(x, data.edge_index_dict), fast(x, data.edge_index_dict)
+    assert set(found) == set(expected)
+    for nt in expected:
+        torch.testing.assert_close(found[nt], expected[nt])
+
+
+def test_concat_linear_is_linear_on_the_masked_concatenation():
+    from node_tasks.baselines import ConcatLinear
+
+    torch.manual_seed(0)
+    layer = ConcatLinear({"text": 5, "image": 3}, 4)
+    features = {"text": torch.randn(6, 5), "image": torch.randn(6, 3)}
+    present = {"text": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool), "image": torch.ones(6, dtype=torch.bool)}
+    linear = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        linear.weight.copy_(torch.cat([layer.blocks["text"].weight, layer.blocks["image"].weight], dim=1))
+        linear.bias.copy_(layer.bias)
+    masked = torch.cat([features["text"] * present["text"].unsqueeze(-1), features["image"]], dim=1)
+    torch.testing.assert_close(layer(features, present, 6), linear(masked))
+    # missing rows never read their features, whatever they hold
+    features["text"][2] = 1e6
+    torch.testing.assert_close(layer(features, present, 6), linear(masked))
+
+
+@pytest.mark.parametrize("builder", [HGNNIMA, HGTEarlyFusion, HGTLateFusion])
+def test_sparse_features_give_the_dense_outputs_and_gradients(builder):
+    data = tiny_graph()
+    torch.manual_seed(0)
+    model = builder.from_data(data, hidden=8, heads=2, layers=2).eval()
+    dense = graph_inputs(data)
+    sparse = graph_inputs(data, sparse_below=1.01, sparse_min_width=1)  # every matrix becomes sparse
+    assert sparse[0]["movie"]["text"].layout == torch.sparse_csr
+    dense_out, sparse_out = model(*dense), model(*sparse)
+    torch.testing.assert_close(sparse_out.logits, dense_out.logits)
+    grads = []
+    for out in (dense_out, sparse_out):
+        model.zero_grad()
+        out.logits.square().sum().backward()
+        grads.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
