@@ -319,16 +319,22 @@ class _Converter:
         raise TypeError(f"config schema type {tp!r} at {_dotted(path)} is not supported by imf_kg.config")
 
     def _float(self, value: Any, tp: Any, path: KeyPath) -> float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise self.wrong(path, tp, value)
+        if number is None:
+            raise self.wrong(path, tp, value)
+        if number != number:  # NaN compares unequal to itself; no setting means "not a number"
+            raise self.fail(path, f"expected a number, found {value!r} (not a number)")
+        return number
 
-    def _dataclass(self, value: Any, cls: type, path: KeyPath) -> Any:
+    def _dataclass(self, value: Any, cls: type, path: KeyPath, base: Any = None) -> Any:
+        """``cls`` from the mapping ``value``; keys it lacks come from ``base`` (an instance) or the defaults."""
         if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):
@@ -340,10 +346,19 @@ class _Converter:
         hints = get_type_hints(cls)
         kwargs = {}
         for name, spec in fields.items():
+            hint = hints.get(name, Any)
             if name in value:
-                kwargs[name] = self.convert(value[name], hints.get(name, Any), path + (name,))
+                default = _section_default(spec, hint, base)
+                if default is not None and isinstance(value[name], Mapping):
+                    # a partial section keeps the enclosing schema's defaults for that section (e.g. a node
+                    # config's train section defaults to metric macro_f1, not TrainConfig's mrr)
+                    kwargs[name] = self._dataclass(value[name], type(default), path + (name,), base=default)
+                else:
+                    kwargs[name] = self.convert(value[name], hint, path + (name,))
+            elif base is not None:
+                kwargs[name] = getattr(base, name)
             elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise self.fail(path + (name,), f"missing required key ({_describe_type(hints.get(name, Any))})")
+                raise self.fail(path + (name,), f"missing required key ({_describe_type(hint)})")
         try:
             return cls(**kwargs)
         except ConfigError as err:
@@ -355,6 +370,21 @@ class _Converter:
             raise self.fail(path, message) from None
         except (TypeError, ValueError) as err:
             raise self.fail(path, f"{cls.__name__} refused these values ({err})") from None
+
+
+def _section_default(spec: dataclasses.Field, hint: Any, base: Any) -> Any:
+    """The default instance of a dataclass-typed field (from ``base`` when given), or None."""
+    if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+        return None
+    if base is not None:
+        default = getattr(base, spec.name)
+    elif spec.default_factory is not dataclasses.MISSING:
+        default = spec.default_factory()
+    elif spec.default is not dataclasses.MISSING:
+        default = spec.default
+    else:
+        return None
+    return default if isinstance(default, hint) else None
 
 
 def _key_lines(node: yaml.Node, source: str, path: KeyPath = ()) -> dict[KeyPath, int]:

@@ -130,3 +130,26 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_config_from_dict_names_its_source():
     with pytest.raises(ConfigError, match=r"^defaults: epochs: expected an integer"):
         config_from_dict({"epochs": "1"}, TrainConfig, source="defaults")
+
+
+def test_a_partial_section_keeps_the_enclosing_schemas_defaults(tmp_path):
+    """A node config's ``train:`` section with only ``epochs`` keeps metric macro_f1 (NodeExperimentConfig's
+    default), exactly as ``--set train.epochs=...`` does; sections absent from the file are untouched."""
+    from node_tasks.train import NodeExperimentConfig
+
+    defaults = NodeExperimentConfig()
+    path = tmp_path / "node.yaml"
+    path.write_text("dataset: synthetic\ntrain:\n  epochs: 3\n")
+    from_file = load_config(path, NodeExperimentConfig)
+    from_override = apply_overrides(NodeExperimentConfig(dataset="synthetic"), ["train.epochs=3"])
+    assert from_file.train.epochs == 3 and from_file.train.metric == defaults.train.metric == "macro_f1"
+    assert from_file == from_override
+
+
+def test_nan_is_refused_for_a_float_setting(tmp_path):
+    from imf_kg.experiment import ExperimentConfig
+
+    path = tmp_path / "nan.yaml"
+    path.write_text("optim:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"nan\.yaml:2: optim\.lr: expected a number"):
+        load_config(path, ExperimentConfig)
