@@ -53,7 +53,7 @@ from imf_kg.decision import MODES as DECISION_MODES, DecisionFusion
 from imf_kg.errors import ConfigError
 from imf_kg.fusion import FUSIONS, build_fusion, info_nce, reference_contrastive_loss
 from imf_kg.models.base import LinkPredictor
-from imf_kg.scorers import ContextualRelationScorer, bce_with_logits, distinct_relations
+from imf_kg.scorers import ContextualRelationScorer, bce_with_logits, distinct_relations, softmax_cross_entropy
 
 STRUCTURE = "structure"
 DECISION = "decision"
@@ -69,7 +69,7 @@ _REFERENCE = dict(
 _CHOICES = dict(
     variant=VARIANTS, fusion=tuple(FUSIONS), relation_fusion=("table", "fuse"), core_init=("tucker", "xavier"),
     structure=("learned", "pretrained"), missing=("learned", "mean"), decision=DECISION_MODES,
-    contrastive=("info_nce", "reference"),
+    contrastive=("info_nce", "reference"), loss=("bce", "softmax"),
 )
 
 
@@ -97,6 +97,8 @@ class IMFConfig:
         normalize_features: L2-normalise the feature rows first (the published code does).
         decision / decision_per_relation: see :class:`DecisionFusion`.
         joint_loss: add the BCE of the decision-fused prediction (Algorithm 1, line 14).
+        loss: "bce" (the paper's 1-N binary cross-entropy) or "softmax" (1-N softmax cross-entropy,
+            :mod:`imf_kg.scorers.softmax_ce`: no all-negative phase on large graphs; a stated departure).
         detach_fusion_inputs: the fusion reads the modality embeddings without training them (paper: frozen
             encoders); False lets the fused branch train them too (published code).
         contrastive / contrastive_weight / temperature: the fusion regulariser and its weight (the paper gives
@@ -125,6 +127,7 @@ class IMFConfig:
     decision: str = "learned"
     decision_per_relation: bool = False
     joint_loss: bool = True
+    loss: str = "bce"
     detach_fusion_inputs: bool = True
     contrastive: str = "info_nce"
     contrastive_weight: float = 0.1
@@ -382,7 +385,8 @@ class IMF(LinkPredictor):
         return self._scores(heads, relations)[0][DECISION]
 
     def loss(self, heads: torch.Tensor, relations: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Algorithm 1: sum of per-branch BCE-with-logits, + BCE of the decision output (``joint_loss``),
+        """Algorithm 1: sum of per-branch BCE-with-logits (or softmax CE, ``loss``), + the same of the decision
+        output (``joint_loss``),
         + ``contrastive_weight`` * contrastive loss over the distinct query entities.
 
         Args:
@@ -393,11 +397,12 @@ class IMF(LinkPredictor):
         """
         scores, candidates = self._scores(heads, relations)
         targets = targets.float()
-        terms = {f"bce_{name}": bce_with_logits(scores[name].float(), targets) for name in self.branches}
+        prefix, loss_fn = ("bce", bce_with_logits) if self.config.loss == "bce" else ("ce", softmax_cross_entropy)
+        terms = {f"{prefix}_{name}": loss_fn(scores[name].float(), targets) for name in self.branches}
         total = sum(terms.values())
         if self.decision is not None and self.config.joint_loss:
-            terms["bce_decision"] = bce_with_logits(scores[DECISION].float(), targets)
-            total = total + terms["bce_decision"]
+            terms[f"{prefix}_decision"] = loss_fn(scores[DECISION].float(), targets)
+            total = total + terms[f"{prefix}_decision"]
         if self.fused_name and self.config.contrastive_weight > 0:
             terms["contrastive"] = self.contrastive_loss(heads, candidates)
             total = total + self.config.contrastive_weight * terms["contrastive"]
