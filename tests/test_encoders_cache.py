@@ -15,7 +15,8 @@ def test_store_then_load_memory_mapped(tmp_path):
     values = np.random.default_rng(0).normal(size=(4, 3))
     parts = {"model": "m", "texts": "abc"}
     computed, hit = cache.get_or_compute("text", parts, lambda: values, rows=4)
-    assert not hit and computed.dtype == np.float32
+    assert not hit and computed.dtype == np.float32 and isinstance(computed, np.memmap)  # the stored file, mapped
+    np.testing.assert_array_equal(computed, values.astype(np.float32))
     loaded, hit = cache.get_or_compute("text", parts, lambda: pytest.fail("recomputed a cached entry"), rows=4)
     assert hit and isinstance(loaded, np.memmap)
     np.testing.assert_array_equal(loaded, values.astype(np.float32))

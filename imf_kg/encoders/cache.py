@@ -99,4 +99,5 @@ class FeatureCache:
             return cached, True
         values = compute()
         self.store(kind, parts, values)
-        return np.asarray(values, dtype=np.float32), False
+        mapped = self.load(kind, parts, rows)  # the stored file, memory-mapped: the computed copy can be freed
+        return (mapped if mapped is not None else np.asarray(values, dtype=np.float32)), False
