@@ -97,6 +97,10 @@ def make_synthetic(
     degree: Mapping[str, int] | None = None,
     split: Sequence[float] = (0.2, 0.2, 0.6),
     seed: int = 0,
+    communities: int = 0,
+    identity_dim: int = 8,
+    identity_signal: float = 2.0,
+    same_community: float = 0.5,
 ) -> HeteroData:
     """Generate the planted multimodal heterogeneous network described in the module docstring.
 
@@ -120,6 +124,13 @@ def make_synthetic(
             fifth as many nodes as the target type (a venue per paper).
         split: (train, val, test) fractions of the target nodes.
         seed: everything (prototypes, classes, edges, noise, masks, split) is a function of the seed.
+        communities: 0 (default) for the design above; K >= 1 switches to the community design of
+            :mod:`node_tasks.synthetic_communities` (K communities per class, identity codes, distractors
+            that match a target's community in one modality only and show a wrong class in every modality).
+        identity_dim, identity_signal: width and scale of the community identity code appended to every
+            modality (community design only).
+        same_community: probability that a same-class aligned edge stays inside the target's community
+            (community design only).
 
     Returns:
         A ``HeteroData`` that satisfies :func:`node_tasks.data.validate_hetero`.
@@ -134,6 +145,13 @@ def make_synthetic(
     rates = _missing_rates(nodes, target, modalities, missing_rate)
     rng = np.random.default_rng(seed)
 
+    if communities:
+        from node_tasks.synthetic_communities import make_community_network
+
+        return make_community_network(
+            rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal, neighbour_signal,
+            distractor_signal, homophily, misalignment, split, seed, communities, identity_dim, identity_signal,
+            same_community)
     prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m])
                   for k, m in enumerate(modalities)}
     latent = {nt: rng.permutation(np.arange(n) % num_classes) for nt, n in nodes.items()}

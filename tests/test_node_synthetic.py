@@ -1,0 +1,84 @@
+"""The community design of the synthetic generator (node_tasks.synthetic_communities): what it plants and
+which comparisons can see it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from imf_kg.errors import ConfigError
+from node_tasks.data import validate_hetero
+from node_tasks.synthetic import make_synthetic, modality_group
+
+OPTIONS = dict(communities=4, misalignment=0.5, homophily=0.9, distractor_signal=2.0, identity_signal=3.0)
+IDENTITY_DIM = 8
+
+
+def test_contract_widths_determinism_and_default_unchanged():
+    data = make_synthetic(seed=3, **OPTIONS)
+    validate_hetero(data, "synthetic")
+    assert data["paper"].x_text.shape == (600, 32 + IDENTITY_DIM)
+    again = make_synthetic(seed=3, **OPTIONS)
+    torch.testing.assert_close(again["author"].x_image, data["author"].x_image)
+    # communities=0 is the base design, bit for bit
+    torch.testing.assert_close(make_synthetic(seed=3, communities=0)["author"].x_text, make_synthetic(seed=3)["author"].x_text)
+    with pytest.raises(ConfigError, match="communities"):
+        make_synthetic(communities=2, same_community=1.5)
+
+
+def test_community_is_independent_of_class():
+    data = make_synthetic(seed=0, **OPTIONS)
+    community, labels = data.planted["paper"]["community"], data["paper"].y
+    counts = torch.zeros(4, 3)
+    counts.index_put_((community, labels), torch.ones(len(labels)), accumulate=True)
+    assert counts.min() >= 49 and counts.max() <= 51  # 600 papers: 50 per (community, class)
+
+
+def test_distractors_show_a_wrong_class_everywhere_and_their_community_in_one_modality():
+    data = make_synthetic(seed=1, noise=0.0, missing_rate=0.0, **OPTIONS)
+    planted, codes = data.planted["author"], data.planted["identity_codes"]
+    distractors = planted["distractor"].nonzero().flatten()
+    assert 0.45 < len(distractors) / len(planted["distractor"]) < 0.55
+    for k, m in enumerate(data.modalities):
+        x = data["author"][f"x_{m}"]
+        shown_identity = (x[:, -IDENTITY_DIM:] @ codes[m].T).argmax(-1)
+        deceptive = planted["deceptive_modality"] == k
+        aligned = ~planted["distractor"]
+        assert torch.equal(shown_identity[aligned | deceptive], planted["community"][aligned | deceptive])
+        assert not (shown_identity[planted["distractor"] & ~deceptive] == planted["community"][planted["distractor"] & ~deceptive]).any()
+        # class part: the group shown differs from the node's own group for every distractor
+        class_part = x[:, :-IDENTITY_DIM]
+        latent = planted["latent_class"]
+        own_group = torch.as_tensor(modality_group(latent.numpy(), k))
+        reference = {}
+        for v in aligned.nonzero().flatten().tolist():  # aligned nodes show their own group's prototype
+            reference.setdefault(int(own_group[v]), class_part[v])
+        for v in distractors.tolist():
+            same_as_own = torch.allclose(class_part[v] / class_part[v].norm(),
+                                         reference[int(own_group[v])] / reference[int(own_group[v])].norm())
+            assert not same_as_own
+
+
+def test_only_the_cross_modal_disagreement_separates_distractors():
+    """Per edge, the similarity of the neighbour's identity part to the target's community code: within one
+    modality (or summed over modalities) it does not tell distractors from aligned neighbours; the absolute
+    difference between the modalities does."""
+    data = make_synthetic(seed=0, missing_rate=0.0, **OPTIONS)
+    edges = data["paper", "written_by", "author"].edge_index
+    planted = data.planted["author"]
+    target_community = data.planted["paper"]["community"][edges[0]]
+    distractor = planted["distractor"][edges[1]].numpy()
+    same = (planted["community"][edges[1]] == target_community).numpy()
+    similarity = {}
+    for k, m in enumerate(data.modalities):
+        identity = data["author"][f"x_{m}"][:, -IDENTITY_DIM:]
+        similarity[m] = (identity[edges[1]] * data.planted["identity_codes"][m][target_community]).sum(-1).numpy()
+        # a distractor whose deceptive modality is m looks, in m, like a same-community aligned neighbour
+        deceptive_here = (planted["deceptive_modality"][edges[1]] == k).numpy()
+        pair = (distractor & deceptive_here) | (~distractor & same)
+        assert abs(roc_auc_score(distractor[pair], similarity[m][pair]) - 0.5) < 0.1
+    summed = similarity["text"] + similarity["image"]
+    assert abs(roc_auc_score(~distractor, summed) - 0.5) < 0.1
+    disagreement = abs(similarity["text"] - similarity["image"])
+    assert roc_auc_score(distractor, disagreement) > 0.75
