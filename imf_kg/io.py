@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -103,3 +104,25 @@ def _json_default(obj: Any):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ------------------------------------------------------------------------------------- safe unpickling
+_NUMPY_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol-2 pickles store raw bytes as latin-1 text
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: a feature pickle (the reference ``img_features.pkl``) must not
+    be able to run code. Any other class raises ``pickle.UnpicklingError``."""
+
+    def find_class(self, module, name):
+        allowed = ((module, name) in _NUMPY_PICKLE_ALLOWED or module == "numpy.dtypes"
+                   or (module == "numpy" and name.endswith("DType")))
+        if allowed:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")

@@ -13,7 +13,6 @@ FB15k-237 text file also covers FB15k's extra entities); anything malformed is r
 from __future__ import annotations
 
 import io
-import pickle
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from imf_kg.data.kg import EntityFeatures, KnowledgeGraph
 from imf_kg.data.parsing import numbered, read_lines
 from imf_kg.errors import DataFormatError
+from imf_kg.io import NumpyOnlyUnpickler
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FEATURE_SUFFIXES = (".npy", ".pt", ".pth", ".pkl", ".pickle")
@@ -83,22 +83,6 @@ def attach_text(kg: KnowledgeGraph, path: str | Path) -> int:
 
 
 # -------------------------------------------------------------------------------------------- features
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else: a feature pickle must not be able to run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED or (module == "numpy" and name.endswith("DType")) or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}, not a numpy array")
-
-
 def read_feature_matrix(path: str | Path) -> np.ndarray:
     """A 2-D array from ``.npy``, ``.pt``/``.pth`` (a tensor) or ``.pkl``/``.pickle`` (a numpy array).
 
@@ -119,7 +103,7 @@ def read_feature_matrix(path: str | Path) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 array = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            array = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+            array = NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as err:  # any reader failure is a malformed file, reported in one line
         message = str(err).splitlines()[0] if str(err) else ""
         raise DataFormatError(path, None, f"{type(err).__name__}: {message}", f"a readable {suffix} feature matrix") from None

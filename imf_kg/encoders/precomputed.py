@@ -13,7 +13,6 @@ Formats (rows in entity/node id order):
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +21,7 @@ import torch.nn.functional as F
 
 from imf_kg.encoders.modality import EncodedModality
 from imf_kg.errors import DataFormatError, ToolkitError
-from imf_kg.io import atomic_torch_save, atomic_write_bytes
-
-_PICKLE_ALLOWED = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # protocol-2 pickles store raw bytes as latin-1 text
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _PICKLE_ALLOWED or (module.startswith(("numpy.dtypes",)) and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
-
+from imf_kg.io import NumpyOnlyUnpickler, atomic_torch_save, atomic_write_bytes
 
 def _read_array(path: Path, key: str | None):
     suffix = path.suffix.lower()
@@ -71,7 +54,7 @@ def _read_array(path: Path, key: str | None):
         return obj
     if suffix in (".pkl", ".pickle"):
         with open(path, "rb") as handle:
-            return _NumpyOnlyUnpickler(handle, encoding="latin1").load()
+            return NumpyOnlyUnpickler(handle, encoding="latin1").load()
     raise DataFormatError(path, None, f"suffix {suffix!r}", "one of .npy, .npz, .pt, .pth, .pkl, .pickle")
 
 
