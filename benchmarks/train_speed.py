@@ -72,8 +72,9 @@ def parse_args(argv=None):
     parser.add_argument("--random-text", action="store_true", help="random 384-d text features instead of MiniLM")
     parser.add_argument("--optimizer", default="adam-fused", choices=("adam", "adam-fused"),
                         help="torch.optim.Adam, plain or fused=True (one vectorised pass; same update)")
-    parser.add_argument("--malloc-tuning", action="store_true",
-                        help="glibc mallopt: keep freed memory (no mmap/munmap per step; see tune_malloc)")
+    parser.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+                        help="glibc mallopt: keep freed memory (no mmap/munmap per step), as the imf-kg and "
+                             "node-tasks commands do (imf_kg/training/memory.py); --no-malloc-tuning to compare")
     parser.add_argument("--eval-queries", type=int, default=2000, help="test queries evaluated (0: all)")
     parser.add_argument("--gemm-seconds", type=float, default=2.0)
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of 3 steps")
