@@ -25,8 +25,8 @@ FLOPs are matrix-product FLOPs (2 per multiply-add, as ``FlopCounterMode`` count
 scorers (every product there needs both gradients) and, for the candidates (feature projection and fusion of all
 N entities, whose inputs are frozen or detached), forward + the backward FLOPs counted once with
 ``FlopCounterMode``; the contrastive term's small products (distinct heads x fusion rank) are not counted. The
-default optimiser is ``Adam(fused=True)``; ``imf_kg.experiment.build_optimizer`` builds a plain ``Adam``
-(``--optimizer adam``), whose per-tensor loop was 22-37% of a structure-only step. The matmul rate is
+default optimiser is ``Adam(fused=True)``, which ``imf_kg.experiment.build_optimizer`` also builds; ``--optimizer
+adam`` is the plain ``Adam``, whose per-tensor loop was 22-37% of a structure-only step. The matmul rate is
 ``measure_gemm_gflops()`` (fp32 2048^3, best third of the runs), measured in the same run before and after the
 timings, at the same thread count; the larger is used. Step rates use the median step time and, for a
 like-for-like comparison with the GEMM figure, the mean of the fastest third.
