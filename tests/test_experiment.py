@@ -98,7 +98,7 @@ def test_every_shipped_config_loads_and_names_the_paper(path):
 
 def test_reference_config_sets_every_published_code_switch():
     """`variant: reference` in YAML is a label; the file must spell out IMFConfig.for_variant('reference')."""
-    from imf_kg.models.imf import _REFERENCE
+    from imf_kg.models.imf_config import _REFERENCE
 
     cfg = load_experiment(REPO / "configs/imf/reference.yaml")
     mismatched = {k: (getattr(cfg.model, k), v) for k, v in _REFERENCE.items() if getattr(cfg.model, k) != v}
