@@ -46,7 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------- oracle
 def expected_config(schema: type, data: Mapping, defaults) -> dict:
     """What loading ``data`` into ``schema`` must give: ``data``'s values, and for an absent key the value of
-    ``defaults`` (an instance); a section given as a mapping is filled from its own class's defaults."""
+    ``defaults`` (an instance); a section given as a mapping is filled from ``defaults``' own section (a node
+    config's ``train:`` keeps the node defaults, not TrainConfig's)."""
     hints = get_type_hints(schema)
     unknown = set(data) - {f.name for f in dataclasses.fields(schema)}
     assert not unknown, f"unknown keys {sorted(map(str, unknown))} of {schema.__name__} were accepted"
@@ -57,7 +58,7 @@ def expected_config(schema: type, data: Mapping, defaults) -> dict:
         if name not in data:
             out[name] = getattr(defaults, name)
         elif section is not None and isinstance(data[name], Mapping):
-            out[name] = expected_config(section, data[name], section())
+            out[name] = expected_config(section, data[name], getattr(defaults, name))
         else:
             out[name] = data[name]
     return out
