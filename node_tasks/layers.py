@@ -102,6 +102,8 @@ class HGNNIMALayer(nn.Module):
             softmax_j(log b - mean|T g^m1 - T g^m2|), which keeps the sharpness of both factors.
         output_node_types: update only these node types (default: all); the last layer of a classifier
             needs only the target type, so it builds no parameters it would never train.
+        temperature: T, the factor on g in alpha and gamma (spec 3.3-3.7). None: the variant's (paper 1,
+            reference 100); the published variants use 1, 10 (modal3_missing) and 100 (modal2_missing).
 
     Node types that no used edge type ends at are passed through unchanged.
     """
@@ -120,6 +122,7 @@ class HGNNIMALayer(nn.Module):
         missing_modality: str = "mask",
         final_attention: str = "softmax",
         output_node_types: Sequence[NodeType] | None = None,
+        temperature: float | None = None,
     ):
         super().__init__()
         if hidden % heads != 0:
@@ -131,6 +134,9 @@ class HGNNIMALayer(nn.Module):
         if final_attention not in FINAL_ATTENTIONS:
             raise ConfigError(f"final_attention={final_attention!r}; expected one of {FINAL_ATTENTIONS}")
         self.final_attention = final_attention
+        if temperature is not None and not temperature > 0:
+            raise ConfigError(f"temperature={temperature}; expected > 0")
+        self.temperature = temperature
         self.hidden, self.heads, self.head_dim = hidden, heads, hidden // heads
         self.node_types = list(metadata[0])
         outputs = set(self.node_types if output_node_types is None else output_node_types)
@@ -286,6 +292,8 @@ class HGNNIMALayer(nn.Module):
             scale, temperature = 1.0 / math.sqrt(self.head_dim), 1.0
         else:
             scale, temperature = 1.0, REFERENCE_TEMPERATURE
+        if self.temperature is not None:
+            temperature = self.temperature
         # mu * W^ATT * scale * T folded into one (H, d_k, d_k) matrix: cheaper than scaling every edge score
         w_att = self.w_att[name] * (self.prior[name] * (scale * temperature)).view(-1, 1, 1)
         # Edge-type transforms depend only on the source node: apply them per source node, then gather.
@@ -348,4 +356,5 @@ class HGNNIMALayer(nn.Module):
         # either way, so the -cross ablation is then the same computation (compare reuses its runs)
         return (f"{self.__class__.__name__}({self.hidden}, heads={self.heads}, variant={self.variant!r}, "
                 f"cross_modal={self.cross_modal and len(self.w_mod) > 0}, alignment={self.alignment}, "
-                f"missing_modality={self.missing_modality!r}, final_attention={self.final_attention!r}, edge_types={len(self.edge_types)})")
+                f"missing_modality={self.missing_modality!r}, final_attention={self.final_attention!r}, "
+                f"temperature={self.temperature}, edge_types={len(self.edge_types)})")

@@ -137,6 +137,7 @@ class HGNNIMA(nn.Module):
             ``"per_modality"`` (the published code would crash there, spec 1.6); see ``repr(model)``.
         dropout: layer dropout; gate_dropout: (input, score) dropouts of the modality gate.
         final_attention: ``"softmax"`` (poster) or ``"product"`` (see :class:`HGNNIMALayer`).
+        temperature: factor on g in alpha and gamma; None for the variant's (see :class:`HGNNIMALayer`).
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class HGNNIMA(nn.Module):
         gate_dropout: Tuple[float, float] = (0.6, 0.5),
         use_norm: bool = True,
         final_attention: str = "softmax",
+        temperature: Optional[float] = None,
     ):
         super().__init__()
         node_types, edge_types = list(data_metadata[0]), [tuple(e) for e in data_metadata[1]]
@@ -199,7 +201,7 @@ class HGNNIMA(nn.Module):
             HGNNIMALayer(hidden, (node_types, edge_types), self.modalities_per_type, heads=heads, variant=variant,
                          dropout=dropout, use_norm=use_norm, cross_modal="cross" not in self.ablations,
                          alignment="align" not in self.ablations, missing_modality=self.missing_modality,
-                         final_attention=final_attention, output_node_types=[target_node_type] if k == layers - 1 else None)
+                         final_attention=final_attention, temperature=temperature, output_node_types=[target_node_type] if k == layers - 1 else None)
             for k in range(layers)
         ])
         self.gate = ModalityGate(hidden, *gate_dropout)

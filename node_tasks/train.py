@@ -70,6 +70,7 @@ class ModelConfig:
     gate_dropout: Tuple[float, float] = (0.6, 0.5)
     ablations: Tuple[str, ...] = ()
     final_attention: str = "softmax"
+    temperature: Optional[float] = None  # factor on g in alpha and gamma; None: the variant's (1 or 100)
 
 
 @dataclass
@@ -126,7 +127,8 @@ def build_model(name: str, data, config: Optional[ModelConfig] = None) -> Tuple[
             variant=fixed.get("variant", config.variant), ablations=ablations,
             missing_modality=config.missing_modality, input_projection=config.input_projection,
             dropout=config.dropout, gate_dropout=tuple(config.gate_dropout),
-            final_attention=fixed.get("final_attention", config.final_attention))
+            final_attention=fixed.get("final_attention", config.final_attention),
+            temperature=config.temperature)
         return model, model.ablations
     graph_kwargs = dict(hidden=config.hidden, heads=config.heads, layers=config.layers, dropout=config.dropout)
     if kind == "hgt-early":

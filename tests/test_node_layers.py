@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch_geometric.data import HeteroData
-from torch_geometric.utils import scatter
+from torch_geometric.utils import scatter, softmax
 
 from imf_kg.errors import ConfigError
 from node_tasks.layers import HGNNIMALayer
@@ -205,3 +205,25 @@ def test_bad_layer_arguments_raise_config_error():
         HGNNIMALayer(10, (["a"], [("a", "r", "a")]), {"a": ["text"]}, heads=3)
     with pytest.raises(ConfigError):
         HGNNIMALayer(8, (["a"], [("a", "r", "a")]), {"a": ["text"]}, heads=2, variant="poster")
+
+
+def test_temperature_scales_g_in_alpha_and_gamma_only():
+    """T multiplies g where alpha and gamma read it (spec 3.3-3.7): alpha at T equals the softmax of T * g
+    computed from the T=1 run; lambda (no temperature in the spec) is unchanged."""
+    data = tiny_graph()
+    torch.manual_seed(0)
+    plain = _model(data, layers=1).eval()
+    hot = _model(data, layers=1, temperature=7.0).eval()
+    hot.load_state_dict(plain.state_dict())
+    h, edges, masks = _layer_inputs(plain, data)
+    _, cold_att = plain.layers[0](h, edges, masks, return_attention=True)
+    _, hot_att = hot.layers[0](h, edges, masks, return_attention=True)
+    et = ("actor", "acts_in", "movie")
+    dst = edges[et][1]
+    torch.testing.assert_close(hot_att[et].inter_modal, cold_att[et].inter_modal)
+    # recover g (up to a per-target constant) from the T=1 alpha, then apply the temperature
+    log_alpha = cold_att[et].inter_node[0].clamp(min=1e-30).log()
+    expected = softmax(7.0 * log_alpha, dst, num_nodes=data["movie"].num_nodes, dim=0)
+    torch.testing.assert_close(hot_att[et].inter_node[0], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="temperature"):
+        _model(data, temperature=0.0)
