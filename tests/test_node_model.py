@@ -194,3 +194,23 @@ def test_sparse_features_give_the_dense_outputs_and_gradients(builder):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+def test_cross_ablation_is_the_same_computation_when_every_edge_carries_one_modality():
+    """With one shared modality per edge, lambda is 1 with or without the ablation: same outputs, and the same
+    module tree (what compare's training fingerprint compares), so compare reuses the runs."""
+    from torch import nn
+
+    single = tiny_graph()
+    single["director"].x_image = torch.zeros(single["director"].num_nodes, 1)
+    single["director"].mask_image[:] = False
+    for data, expect_same in ((single, True), (tiny_graph(), False)):
+        outputs, trees = [], []
+        for ablations in ((), ("cross",)):
+            torch.manual_seed(0)
+            model = HGNNIMA.from_data(data, hidden=8, heads=2, layers=2, ablations=ablations).eval()
+            outputs.append(model(*graph_inputs(data)).logits)
+            trees.append(nn.Module.__repr__(model))
+        assert (trees[0] == trees[1]) == expect_same
+        if expect_same:
+            torch.testing.assert_close(outputs[0], outputs[1])
