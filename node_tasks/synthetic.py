@@ -185,20 +185,25 @@ def make_synthetic(
         forward, reverse = RELATION_NAMES.get((target, nt), (f"has_{nt}", f"{nt}_of"))
         relations[(target, forward, nt)] = (reverse, torch.as_tensor(np.stack([src, dst])))
 
-    n_target = nodes[target]
-    sizes = [int(round(f * n_target)) for f in split]
-    sizes[-1] = min(sizes[-1], n_target - sizes[0] - sizes[1])
-    train, val, test = stratified_split(labels, sizes, seed=seed)
-    notes = [f"synthetic(seed={seed}, C={num_classes}, homophily={homophily}, misalignment={misalignment}, "
-             f"own_signal={own_signal}, neighbour_signal={neighbour_signal}, "
-             f"distractor_signal={distractor_signal}, noise={noise})"]
-    data = build_hetero(nodes, modalities, features, relations, target, torch.as_tensor(labels),
-                        {"train": train, "val": val, "test": test},
-                        [f"class_{c}" for c in range(num_classes)], notes)
+    note = (f"synthetic(seed={seed}, C={num_classes}, homophily={homophily}, misalignment={misalignment}, "
+            f"own_signal={own_signal}, neighbour_signal={neighbour_signal}, "
+            f"distractor_signal={distractor_signal}, noise={noise})")
+    data = assemble(nodes, modalities, features, relations, target, labels, split, seed, num_classes, note)
     # graph-level, so no model or sampler mistakes the planted truth for a node feature
     data.planted = {nt: {"latent_class": torch.as_tensor(latent[nt], dtype=torch.long),
                          "distractor": torch.as_tensor(distractor[nt])} for nt in others}
     return data
+
+
+def assemble(nodes, modalities, features, relations, target, labels, split, seed, num_classes, note) -> HeteroData:
+    """The contract HeteroData of a generated network, with a stratified ``split`` (fractions) of the targets."""
+    n_target = nodes[target]
+    sizes = [int(round(f * n_target)) for f in split]
+    sizes[-1] = min(sizes[-1], n_target - sizes[0] - sizes[1])
+    train, val, test = stratified_split(labels, sizes, seed=seed)
+    return build_hetero(nodes, modalities, features, relations, target, torch.as_tensor(labels),
+                        {"train": train, "val": val, "test": test},
+                        [f"class_{c}" for c in range(num_classes)], [note])
 
 
 def _check_arguments(num_classes, nodes, modalities, homophily, misalignment, split) -> None:

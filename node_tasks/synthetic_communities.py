@@ -51,7 +51,6 @@ import torch
 from torch_geometric.data import HeteroData
 
 from imf_kg.errors import ConfigError
-from node_tasks.data import build_hetero, stratified_split
 
 
 def make_community_network(rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal,
@@ -61,7 +60,7 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
 
     Returns a ``HeteroData`` of the data contract; every modality is ``dims[m] + identity_dim`` wide.
     """
-    from node_tasks.synthetic import (RELATION_NAMES, _presence_mask, _unit_rows, modality_group)
+    from node_tasks.synthetic import RELATION_NAMES, _presence_mask, _unit_rows, assemble, modality_group
 
     if communities < 1 or identity_dim < 1 or not 0.0 <= same_community <= 1.0:
         raise ConfigError(f"communities={communities}, identity_dim={identity_dim}, same_community={same_community}; "
@@ -105,17 +104,11 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
         forward, reverse = RELATION_NAMES.get((target, nt), (f"has_{nt}", f"{nt}_of"))
         relations[(target, forward, nt)] = (reverse, torch.as_tensor(np.stack([src, dst])))
 
-    n_target = nodes[target]
-    sizes = [int(round(f * n_target)) for f in split]
-    sizes[-1] = min(sizes[-1], n_target - sizes[0] - sizes[1])
-    train, val, test = stratified_split(labels, sizes, seed=seed)
-    notes = [f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, homophily={homophily}, "
-             f"same_community={same_community}, misalignment={misalignment}, own_signal={own_signal}, "
-             f"neighbour_signal={neighbour_signal}, distractor_signal={distractor_signal}, "
-             f"identity_signal={identity_signal}, noise={noise})"]
-    data = build_hetero(nodes, modalities, features, relations, target, torch.as_tensor(labels),
-                        {"train": train, "val": val, "test": test},
-                        [f"class_{c}" for c in range(num_classes)], notes)
+    note = (f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, homophily={homophily}, "
+            f"same_community={same_community}, misalignment={misalignment}, own_signal={own_signal}, "
+            f"neighbour_signal={neighbour_signal}, distractor_signal={distractor_signal}, "
+            f"identity_signal={identity_signal}, noise={noise})")
+    data = assemble(nodes, modalities, features, relations, target, labels, split, seed, num_classes, note)
     data.planted = {nt: {"latent_class": torch.as_tensor(latent[nt], dtype=torch.long),
                          "distractor": torch.as_tensor(distractor[nt]),
                          "community": torch.as_tensor(community[nt], dtype=torch.long),
