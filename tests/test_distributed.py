@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import runpy
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+from _launch import finish, subprocess_env, torchrun
 
 from imf_kg.errors import ConfigError
 from imf_kg.training import distributed
@@ -53,26 +54,6 @@ train:
   progress: false
   curve_min_interval_s: 0
 """
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-    return process.returncode, out, err
 
 
 # ------------------------------------------------------------------------------------------ in-process
@@ -150,6 +131,8 @@ WORKER = r'''
 import copy, json, sys
 import torch
 from torch import nn
+
+from _launch import finish, subprocess_env, torchrun
 from imf_kg.errors import RunDirExistsError, ToolkitError
 from imf_kg.training import TrainConfig, Trainer, distributed as D
 from imf_kg.training.global_batch_norm import placeholder_step, use_global_batch_norm

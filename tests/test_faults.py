@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _launch import finish, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 # dropout on: the resumed run must also restore every random-number state to end where the uninterrupted one does
@@ -41,24 +43,8 @@ train:
 TIMING_KEYS = ("time_s", "per_s")
 
 
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def train_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "imf_kg", "train", "--no-progress", *arguments]
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-    return process.returncode, out, err
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240, poll_s: float = 0.01) -> None:

@@ -7,13 +7,12 @@ same global batches on every rank, each rank training on its own slice; only ran
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
+from _launch import subprocess_env, torchrun
 from node_tasks.distributed import full_graph_batches, rank_seed_batches
 
 TOLERANCE = 1e-4
@@ -24,16 +23,6 @@ model: {name: ima, hidden: 8, heads: 2, layers: 2, dropout: 0.0, gate_dropout: [
 optim: {lr: 0.01, weight_decay: 0.0, schedule: constant}
 train: {epochs: 4, device: cpu, seed: 0, metric: macro_f1, mode: max, progress: false}
 """
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -65,8 +54,8 @@ def test_full_batch_torchrun_matches_one_process(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG)
     arguments = ["train", "--config", str(config), "--threads", "1"]
-    ddp = subprocess.Popen(_torchrun(2, "-m", "node_tasks", *arguments, "--run-dir", str(tmp_path / "ddp")),
-                           env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ddp = subprocess.Popen(torchrun(2, "-m", "node_tasks", *arguments, "--run-dir", str(tmp_path / "ddp")),
+                           env=subprocess_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert node_tasks([*arguments, "--run-dir", str(tmp_path / "single")]) == 0
     out, err = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, err[-3000:]
@@ -93,9 +82,9 @@ def test_full_batch_torchrun_matches_one_process(tmp_path):
 def test_mini_batch_torchrun_trains_every_seed_once_per_epoch(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG + "mini_batch: {batch_size: 16, num_neighbors: [4, 4]}\n")
-    run = subprocess.run(_torchrun(2, "-m", "node_tasks", "train", "--config", str(config), "--threads", "1",
+    run = subprocess.run(torchrun(2, "-m", "node_tasks", "train", "--config", str(config), "--threads", "1",
                                    "--run-dir", str(tmp_path / "ddp")),
-                         env=_env(), text=True, capture_output=True, timeout=300)
+                         env=subprocess_env(), text=True, capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("run folder:") == 1
     log = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
