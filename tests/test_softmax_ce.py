@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imf_kg.scorers import softmax_cross_entropy
+from imf_kg.scorers import label_distribution, softmax_cross_entropy
 
 
 def test_value_and_gradient_equal_the_log_softmax_form():
@@ -22,6 +22,8 @@ def test_value_and_gradient_equal_the_log_softmax_form():
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     assert torch.allclose(grad, reference_logits.grad, atol=1e-7)
     assert softmax_cross_entropy(logits + 100.0, targets).item() == pytest.approx(loss.item(), rel=1e-5)  # shift
+    normalized = softmax_cross_entropy(logits, label_distribution(targets), normalized=True)
+    assert normalized.item() == pytest.approx(loss.item(), rel=1e-6)  # the labels normalised once, as IMF does
 
 
 def test_empty_label_rows_and_shape_mismatch_are_refused():

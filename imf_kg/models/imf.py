@@ -42,6 +42,7 @@ average of the sigmoids, and the sum of the per-output BCE losses (label smoothi
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import torch
@@ -55,7 +56,9 @@ from imf_kg.models.base import LinkPredictor
 from imf_kg.models.imf_config import (  # noqa: F401  (VARIANTS re-exported: imported from here elsewhere)
     DECISION, RELATION_MATRIX_CACHE_BYTES, STRUCTURE, VARIANTS, IMFConfig,
 )
-from imf_kg.scorers import ContextualRelationScorer, bce_with_logits, distinct_relations, softmax_cross_entropy
+from imf_kg.scorers import (
+    ContextualRelationScorer, bce_with_logits, distinct_relations, label_distribution, softmax_cross_entropy,
+)
 
 
 class LearnedEntityTable(nn.Module):
@@ -279,7 +282,11 @@ class IMF(LinkPredictor):
         """
         scores, candidates = self._scores(heads, relations)
         targets = targets.float()
-        prefix, loss_fn = ("bce", bce_with_logits) if self.config.loss == "bce" else ("ce", softmax_cross_entropy)
+        if self.config.loss == "bce":
+            prefix, loss_fn = "bce", bce_with_logits
+        else:  # the label rows normalised once for every output, not once per output
+            prefix, targets = "ce", label_distribution(targets)
+            loss_fn = functools.partial(softmax_cross_entropy, normalized=True)
         terms = {f"{prefix}_{name}": loss_fn(scores[name].float(), targets) for name in self.branches}
         total = sum(terms.values())
         if self.decision is not None and self.config.joint_loss:

@@ -3,7 +3,7 @@
 from imf_kg.scorers.bce import bce_with_logits
 from imf_kg.scorers.contextual import ORDERS, ContextualRelationScorer, distinct_relations
 from imf_kg.scorers.dropout import dropout
-from imf_kg.scorers.softmax_ce import softmax_cross_entropy
+from imf_kg.scorers.softmax_ce import label_distribution, softmax_cross_entropy
 
 __all__ = ["ORDERS", "ContextualRelationScorer", "bce_with_logits", "distinct_relations", "dropout",
-           "softmax_cross_entropy"]
+           "label_distribution", "softmax_cross_entropy"]

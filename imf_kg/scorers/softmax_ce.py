@@ -17,13 +17,18 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+def label_distribution(targets: torch.Tensor) -> torch.Tensor:
+    """``targets / targets.sum(1)``: each ``(B, N)`` label row as a distribution over candidates. Computed once per
+    batch when several outputs share the labels (IMF's branches and decision output)."""
+    mass = targets.sum(dim=1, keepdim=True)
+    if bool((mass <= 0).any()):
+        raise ValueError("every label row needs a positive entry for softmax cross-entropy")
+    return targets / mass
+
+
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets):
-        mass = targets.sum(dim=1, keepdim=True)
-        if bool((mass <= 0).any()):
-            raise ValueError("every label row needs a positive entry for softmax cross-entropy")
-        weights = targets / mass
+    def forward(ctx, logits, weights):
         log_normaliser = torch.logsumexp(logits, dim=1)  # (B,)
         ctx.save_for_backward(logits, weights, log_normaliser)
         total = log_normaliser.sum() - torch.dot(logits.reshape(-1), weights.reshape(-1))
@@ -38,11 +43,13 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         return grad, None
 
 
-def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, normalized: bool = False) -> torch.Tensor:
     """Mean over rows of the cross-entropy between ``softmax(logits)`` and the normalised ``targets`` rows
     (both ``(B, N)``): a 0-d tensor equal to ``-(targets / targets.sum(1)) * log_softmax(logits)`` summed over
-    candidates and averaged over rows. Targets get no gradient."""
+    candidates and averaged over rows. ``normalized``: ``targets`` already is :func:`label_distribution`'s
+    output. Targets get no gradient."""
     if logits.dim() != 2 or logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must be the same (B, N)")
     targets = targets.detach().to(logits.dtype)
-    return _SoftmaxCrossEntropy.apply(logits.contiguous(), targets.contiguous())
+    weights = targets if normalized else label_distribution(targets)
+    return _SoftmaxCrossEntropy.apply(logits.contiguous(), weights.contiguous())
