@@ -179,10 +179,15 @@ class NodeClassificationTask:
             train_mask = self.data[self.target].train_mask
             if self.batch_size is None:
                 return full_graph_batches(int(train_mask.sum()), world_size)
-            sample = lambda seeds: next(iter(make_neighbor_loader(  # noqa: E731
-                self.data, seeds, self.num_neighbors, seeds.numel(), shuffle=False)))
-            return rank_seed_batches(train_mask.nonzero().view(-1), self.batch_size, generator, get_rank(),
-                                     world_size, sample)
+            train_nodes = train_mask.nonzero().view(-1)
+            # one loader (and one sampler, whose set-up converts the whole graph) per epoch, not per batch
+            loader = make_neighbor_loader(self.data, train_nodes, self.num_neighbors, self.batch_size, shuffle=False)
+
+            def sample(seeds: torch.Tensor):
+                batch = loader.collate_fn(torch.searchsorted(train_nodes, seeds))  # positions in input_nodes
+                return batch if loader.filter_per_worker else loader.filter_fn(batch)
+
+            return rank_seed_batches(train_nodes, self.batch_size, generator, get_rank(), world_size, sample)
         if self.batch_size is None:
             return [None]  # one full-graph step per epoch
         return make_neighbor_loader(self.data, self.data[self.target].train_mask, self.num_neighbors,
