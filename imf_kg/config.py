@@ -57,8 +57,12 @@ def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()
         raise ConfigError(f"{path}: {len(raw):,} bytes; expected a config file under {MAX_CONFIG_BYTES:,} bytes")
     check_yaml_bounds(text, str(path))
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:  # one parse: the node tree gives the key lines, and the data is constructed from it
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
