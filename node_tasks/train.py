@@ -400,12 +400,27 @@ class _CurveAtEndTrainer(Trainer):
         return result
 
 
-def train_and_test(config: NodeExperimentConfig, data, run_dir, seed: Optional[int] = None,
-                   draw_curve: bool = True) -> Dict:
-    """Train ``config.model.name`` with the shared Trainer, select on validation Macro-F1, test once.
+@dataclass
+class TrainedModel:
+    """A model trained by :func:`train_selected`, restored to the epoch chosen on validation Macro-F1.
 
-    Returns one record: method, seed, best epoch, validation and test Micro/Macro-F1, seconds.
+    Attributes:
+        model: the selected checkpoint (test never evaluated). task: its :class:`NodeClassificationTask`.
+        result: the Trainer's result (``best_epoch``, ``best_metrics``, per-epoch ``history`` with
+            ``train_loss`` and the validation metrics). seed, seconds: of this run.
     """
+
+    model: nn.Module
+    task: "NodeClassificationTask"
+    result: Any
+    seed: int
+    seconds: float
+
+
+def train_selected(config: NodeExperimentConfig, data, run_dir, seed: Optional[int] = None,
+                   draw_curve: bool = True) -> TrainedModel:
+    """Train ``config.model.name`` with the shared Trainer and restore the checkpoint selected on validation
+    Macro-F1. Never evaluates the test split (:func:`train_and_test` does, once)."""
     train_config = replace(config.train, seed=config.train.seed if seed is None else seed)
     torch.manual_seed(train_config.seed)  # the model's initial parameters depend on the seed
     model, ablations = build_model(config.model.name, data, config.model)
@@ -419,11 +434,23 @@ def train_and_test(config: NodeExperimentConfig, data, run_dir, seed: Optional[i
                                  step_scheduler="batch", draw_curve=draw_curve)
     result = trainer.fit()
     trainer.load_best()
-    test = task.evaluate(trainer.model, "test")  # once, on the checkpoint chosen on validation
+    return TrainedModel(trainer.model, task, result, train_config.seed, time.perf_counter() - start)
+
+
+def train_and_test(config: NodeExperimentConfig, data, run_dir, seed: Optional[int] = None,
+                   draw_curve: bool = True) -> Dict:
+    """Train ``config.model.name`` with the shared Trainer, select on validation Macro-F1, test once.
+
+    Returns one record: method, seed, best epoch, validation and test Micro/Macro-F1, seconds.
+    """
+    trained = train_selected(config, data, run_dir, seed, draw_curve)
+    start = time.perf_counter()
+    test = trained.task.evaluate(trained.model, "test")  # once, on the checkpoint chosen on validation
+    result = trained.result
     return {
-        "method": config.model.name, "seed": train_config.seed, "best_epoch": result.best_epoch,
+        "method": config.model.name, "seed": trained.seed, "best_epoch": result.best_epoch,
         **{f"val_{k}": v for k, v in result.best_metrics.items()}, **test,
-        "seconds": time.perf_counter() - start, **_cost(result.history, model),
+        "seconds": trained.seconds + time.perf_counter() - start, **_cost(result.history, trained.model),
     }
 
 
