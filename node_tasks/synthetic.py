@@ -52,7 +52,8 @@ Within the shipped budget (configs/hgnn_ima/synthetic.yaml: 40 epochs) HGNN-IMA'
 the distractor cue: on a trained model the edge-level AUC of alpha, gamma and beta for "aligned vs distractor"
 stays at 0.48-0.53 (on this design and on the community design of :mod:`node_tasks.synthetic_communities`,
 softmax or product final attention, T = 1 or 10), so its lead comes from the rest of the model
-(per-modality states, masking, L_cro), not from the alignment modulation; benchmarks/RESULTS.md has the figures.
+(per-modality states, masking, L_cro), not from the alignment modulation; benchmarks/attention_probe.py
+measures it and benchmarks/RESULTS.md has the figures.
 
 Ground truth for tests and analyses, kept at graph level (``data.planted``, never a node attribute):
 ``data.planted[t]["latent_class"]`` (home classes) and ``data.planted[t]["distractor"]`` (bool) for every
