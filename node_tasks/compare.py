@@ -78,51 +78,77 @@ def fusion_margins(rows: Sequence[Mapping], method: str = "ima", baselines=("hgt
 
 
 def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], config: NodeExperimentConfig,
-                   out_dir: Optional[str | Path] = None, keep_runs: bool = False, log=print) -> Dict:
+                   out_dir: Optional[str | Path] = None, keep_runs: bool = False, log=print,
+                   data_seeds: Optional[Sequence[int]] = None) -> Dict:
     """Train every model on every seed; write the table, plot and JSON to ``out_dir`` (when given).
 
-    Returns {"records", "rows", "margins", "table", "paths", "seconds"}.
+    Args:
+        data_seeds: generated datasets only (``synthetic``): draw one graph per data seed (``data_options.seed``)
+            and train every model with every seed on each. The table then pools graphs x seeds, so its std
+            includes the graph-to-graph variation, and ``graph_margins`` gives the margins graph by graph.
+            None: the one graph of ``config.data_options``.
+
+    Returns {"records", "rows", "margins", "graph_margins", "table", "paths", "seconds"}; with ``data_seeds``
+    every record carries its ``data_seed``.
     """
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"unknown model(s) {unknown}; expected some of {', '.join(MODELS)}")
     if not seeds:
         raise ConfigError("expected at least one seed")
+    if data_seeds is not None and (Path(dataset).name.lower() != "synthetic" or not data_seeds):
+        raise ConfigError(f"data seeds {list(data_seeds)} for dataset {dataset!r}: only the generated 'synthetic' "
+                          f"dataset draws a new graph per seed, and at least one is needed")
     start = time.perf_counter()
-    data = load_dataset(dataset, config.data_options)
     records: List[Dict] = []
-    run_root = Path(out_dir) / "runs" if (out_dir is not None and keep_runs) else None
-    trained: Dict[str, str] = {}  # training fingerprint -> the first model name trained with it
-    for name in models:
-        fingerprint = training_fingerprint(name, data, config)
-        if fingerprint in trained:
-            # provably the same computation (e.g. ima-latt under hard masking, where L_att is identically 0)
-            source = trained[fingerprint]
-            same = [dict(r, method=name, same_as=source) for r in records if r["method"] == source]
-            records.extend(same)
-            log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
-            continue
-        trained[fingerprint] = name
-        run_seeds(name, data, seeds, config, run_root=run_root, on_record=lambda r: _report(r, records, log))
+    graphs = [None] if data_seeds is None else [int(d) for d in data_seeds]
+    for graph in graphs:
+        options = config.data_options if graph is None else {**config.data_options, "seed": graph}
+        data = load_dataset(dataset, options)
+        tag = {} if graph is None else {"data_seed": graph}
+        run_root = None
+        if out_dir is not None and keep_runs:
+            run_root = Path(out_dir) / "runs" / ("" if graph is None else f"graph{graph}")
+        trained: Dict[str, str] = {}  # training fingerprint -> the first model name trained with it
+        for name in models:
+            fingerprint = training_fingerprint(name, data, config)
+            if fingerprint in trained:
+                # provably the same computation (e.g. ima-latt under hard masking, where L_att is identically 0)
+                source = trained[fingerprint]
+                same = [dict(r, method=name, same_as=source) for r in records
+                        if r["method"] == source and r.get("data_seed") == tag.get("data_seed")]
+                records.extend(same)
+                log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
+                continue
+            trained[fingerprint] = name
+            run_seeds(name, data, seeds, config, run_root=run_root,
+                      on_record=lambda r: _report({**r, **tag}, records, log))
     rows = summarise(records, "method", METRICS)
     references = PAPER_RESULTS.get(Path(dataset).name.lower())
-    title = f"{Path(dataset).name}: test Micro-F1 / Macro-F1, mean ± std over {len(seeds)} seed(s)"
+    runs = f"{len(seeds)} seed(s)" if data_seeds is None else f"{len(seeds)} seed(s) x {len(graphs)} graphs"
+    title = f"{Path(dataset).name}: test Micro-F1 / Macro-F1, mean ± std over {runs}"
     table = markdown_table(rows, METRICS, labels=LABELS, references=references, title=title)
     margins = fusion_margins(rows)
+    graph_margins = [] if data_seeds is None else [
+        {"data_seed": g, **m} for g in graphs
+        for m in fusion_margins(summarise([r for r in records if r["data_seed"] == g], "method", METRICS))]
     seconds = time.perf_counter() - start
     paths = {}
     if out_dir is not None:
         from node_tasks.train import experiment_as_dict
 
         paths = write_comparison(records, out_dir, METRICS, title, labels=LABELS, references=references,
-                                 extra={"dataset": dataset, "seeds": list(seeds), "margins": margins,
+                                 extra={"dataset": dataset, "seeds": list(seeds), "data_seeds": data_seeds and graphs,
+                                        "margins": margins, "graph_margins": graph_margins,
                                         "config": experiment_as_dict(config), "seconds": seconds})
-    return {"records": records, "rows": rows, "margins": margins, "table": table, "paths": paths, "seconds": seconds}
+    return {"records": records, "rows": rows, "margins": margins, "graph_margins": graph_margins, "table": table,
+            "paths": paths, "seconds": seconds}
 
 
 def _report(record: Dict, records: List[Dict], log) -> None:
     records.append(record)
-    log(f"{record['method']:10s} seed {record['seed']}: test Micro-F1 {record['micro_f1']:.4f} "
+    graph = f" graph {record['data_seed']}" if "data_seed" in record else ""
+    log(f"{record['method']:10s} seed {record['seed']}{graph}: test Micro-F1 {record['micro_f1']:.4f} "
         f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
         f"epoch {record['best_epoch']}, {record['seconds']:.1f}s, {record.get('epoch_s', math.nan):.3f}s/epoch, "
         f"peak RSS {record.get('peak_rss_mb', math.nan):.0f} MB)")

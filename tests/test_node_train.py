@@ -167,9 +167,29 @@ def test_cli_train_and_compare(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"comparison.md", "comparison.png", "comparison.json"}
 
 
+def test_compare_over_several_generated_graphs_pools_them_and_reports_each(tmp_path, capsys):
+    config = _write_small_config(tmp_path)
+    out = tmp_path / "graphs"
+    assert main(["compare", "--dataset", "synthetic", "--config", str(config), "--models", "ima,hgt-early",
+                 "--seeds", "2", "--data-seeds", "0,3", "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 seed(s) x 2 graphs" in printed and "| ima | 4 |" in printed
+    saved = json.loads((out / "comparison.json").read_text())
+    records = saved["records"]
+    assert sorted((r["method"], r["data_seed"], r["seed"]) for r in records) == sorted(
+        (m, g, s) for m in ("ima", "hgt-early") for g in (0, 3) for s in (0, 1))
+    # each graph is its own draw: the same model and seed score differently on the two graphs
+    by_graph = {r["data_seed"]: r["val_macro_f1"] for r in records if r["method"] == "ima" and r["seed"] == 0}
+    assert by_graph[0] != by_graph[3]
+    assert {m["data_seed"] for m in saved["graph_margins"]} == {0, 3}
+    assert "graph 3: ima vs hgt-early" in printed
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["compare", "--models", "ima,nope", "--seeds", "1"], "nope"),
     (["compare", "--seeds", "zero"], "--seeds"),
+    (["compare", "--dataset", "imdb", "--data-seeds", "2"], "data seeds"),
+    (["compare", "--data-seeds", "0"], "--data-seeds"),
     (["train", "--config", "missing.yaml"], "missing.yaml"),
 ])
 def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
