@@ -97,7 +97,7 @@ def make_synthetic(
     own_signal: float = 0.7,
     neighbour_signal: float = 2.0,
     distractor_signal: float = 5.0,
-    homophily: float = 0.8,
+    homophily: float | Mapping[str, float] = 0.8,
     misalignment: float = 0.4,
     missing_rate: float | Mapping[str, float | Mapping[str, float]] | None = None,
     degree: Mapping[str, int] | None = None,
@@ -107,6 +107,7 @@ def make_synthetic(
     identity_dim: int = 8,
     identity_signal: float = 2.0,
     same_community: float = 0.5,
+    decoys: bool = False,
 ) -> HeteroData:
     """Generate the planted multimodal heterogeneous network described in the module docstring.
 
@@ -120,7 +121,8 @@ def make_synthetic(
         own_signal: prototype scale in the target nodes' own features (weak on purpose).
         neighbour_signal: prototype scale in the other node types' features.
         distractor_signal: prototype scale in the misaligned modalities of distractors (loud on purpose).
-        homophily: probability that an aligned edge joins a target to a node of its own class.
+        homophily: probability that an aligned edge joins a target to a node of its own class; one value, or
+            non-target type -> value (unlisted types get 0.8).
         misalignment: fraction of distractor nodes per non-target type with >= 2 modalities, and the
             probability that an edge to such a type goes to a distractor (0 <= misalignment < 1).
         missing_rate: one rate for every (type, modality), or type -> rate, or type -> modality -> rate.
@@ -137,13 +139,20 @@ def make_synthetic(
             modality (community design only).
         same_community: probability that a same-class aligned edge stays inside the target's community
             (community design only).
+        decoys: community design only. True: every target draws one decoy class; its distractor edges go to
+            distractors OF THAT CLASS, which show their own class cleanly (``neighbour_signal``) and differ from
+            aligned nodes only in their identity codes (the target's community in one modality, a foreign one in
+            the others). See :mod:`node_tasks.synthetic_communities`.
 
     Returns:
         A ``HeteroData`` that satisfies :func:`node_tasks.data.validate_hetero`.
     """
     nodes = dict(DEFAULT_NODES if nodes is None else nodes)
     modalities = list(modalities)
-    _check_arguments(num_classes, nodes, modalities, homophily, misalignment, split)
+    homophily = _homophily(nodes, homophily)
+    _check_arguments(num_classes, nodes, modalities, min(homophily.values(), default=0.8), misalignment, split)
+    if any(not 0.0 <= h <= 1.0 for h in homophily.values()):
+        raise ConfigError(f"homophily={homophily}; expected probabilities in [0, 1]")
     types = list(nodes)
     target, others = types[0], types[1:]
     dims = {m: int(feature_dim[m] if isinstance(feature_dim, Mapping) else feature_dim) for m in modalities}
@@ -157,7 +166,9 @@ def make_synthetic(
         return make_community_network(
             rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal, neighbour_signal,
             distractor_signal, homophily, misalignment, split, seed, communities, identity_dim, identity_signal,
-            same_community)
+            same_community, decoys)
+    if decoys:
+        raise ConfigError("decoys=True needs the community design (communities >= 1)")
     prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m])
                   for k, m in enumerate(modalities)}
     latent = {nt: rng.permutation(np.arange(n) % num_classes) for nt, n in nodes.items()}
@@ -182,7 +193,7 @@ def make_synthetic(
     relations = {}
     labels = latent[target]
     for nt in others:
-        src, dst = _link(rng, labels, latent[nt], distractor[nt], degree[nt], homophily, misalignment)
+        src, dst = _link(rng, labels, latent[nt], distractor[nt], degree[nt], homophily[nt], misalignment)
         forward, reverse = RELATION_NAMES.get((target, nt), (f"has_{nt}", f"{nt}_of"))
         relations[(target, forward, nt)] = (reverse, torch.as_tensor(np.stack([src, dst])))
 
@@ -218,6 +229,17 @@ def _check_arguments(num_classes, nodes, modalities, homophily, misalignment, sp
         raise ConfigError(f"homophily={homophily}, misalignment={misalignment}; expected [0, 1] and [0, 1)")
     if len(split) != 3 or min(split) < 0 or sum(split) > 1.0 + 1e-9 or split[0] <= 0:
         raise ConfigError(f"split={tuple(split)}; expected three fractions (train > 0) summing to <= 1")
+
+
+def _homophily(nodes, homophily) -> dict[str, float]:
+    """non-target type -> homophily, from one value or a (partial) mapping."""
+    others = list(nodes)[1:]
+    if not isinstance(homophily, Mapping):
+        return {nt: float(homophily) for nt in others}
+    unknown = [nt for nt in homophily if nt not in others]
+    if unknown:
+        raise ConfigError(f"homophily names {unknown}; expected non-target node types among {others}")
+    return {nt: float(homophily.get(nt, 0.8)) for nt in others}
 
 
 def _degrees(nodes, target, degree) -> dict[str, int]:

@@ -23,6 +23,13 @@ What is planted, and for whom:
    modality: it is pure noise for classification. In one modality (drawn per node, the "deceptive" one) it
    shows its own community's identity, which is the target's; in the others it shows a foreign community.
 
+5. **Decoys** (``decoys=True``). Every target draws one decoy class (uniform over the others). Its distractor
+   edges go to distractors OF ITS DECOY CLASS (and of its community), and distractors show their own class
+   cleanly in every modality (no wrong class part). Around a target, its class and its decoy are then both
+   shown by clean neighbours, as often as each other with ``misalignment`` 0.5 and ``homophily`` 1: counting
+   classes cannot tell them apart, only the identity pattern can (a decoy matches the target's community in
+   exactly one modality). ``homophily`` may be given per type, e.g. ``{author: 1.0, venue: 0.5}``.
+
 Why each model sees what it sees (the point of the design):
 
 - Within one modality, a distractor's deceptive modality matches the target's identity exactly like a
@@ -41,7 +48,7 @@ Why each model sees what it sees (the point of the design):
 The tests (tests/test_node_synthetic.py) check these separations on the planted codes directly.
 Ground truth is kept at graph level: ``data.planted[t]`` has ``latent_class``, ``distractor``,
 ``community`` and ``deceptive_modality`` (index, -1 for aligned nodes) for every non-target type t;
-``data.planted[target]["community"]`` for the targets and ``data.planted["identity_codes"][m]`` (K, identity_dim).
+``data.planted[target]["community"]`` (and ``["decoy"]`` with ``decoys``) for the targets and ``data.planted["identity_codes"][m]`` (K, identity_dim).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from imf_kg.errors import ConfigError
 
 def make_community_network(rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal,
                            neighbour_signal, distractor_signal, homophily, misalignment, split, seed,
-                           communities, identity_dim, identity_signal, same_community) -> HeteroData:
+                           communities, identity_dim, identity_signal, same_community, decoys=False) -> HeteroData:
     """Build the community design (module docstring); arguments as in :func:`node_tasks.synthetic.make_synthetic`.
 
     Returns a ``HeteroData`` of the data contract; every modality is ``dims[m] + identity_dim`` wide.
@@ -81,7 +88,7 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
         if misalignment > 0 and sum(rates[nt][m] < 1.0 for m in modalities) >= 2:
             distractor[nt], deceptive[nt] = _plant(rng, latent[nt], community[nt], shown_class[nt],
                                                     shown_identity[nt], modalities, num_classes, n_codes,
-                                                    misalignment)
+                                                    misalignment, wrong_class=not decoys)
 
     features = {}
     for nt in types:
@@ -97,14 +104,16 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
             features[nt][m] = (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(mask))
 
     labels = latent[target]
+    # decoys: one wrong class per target (uniform over the others), the class its distractor edges lead to
+    decoy = (labels + rng.integers(1, num_classes, size=len(labels))) % num_classes if decoys else labels
     relations = {}
     for nt in others:
-        src, dst = _link(rng, labels, community[target], latent[nt], community[nt], distractor[nt],
-                         degree[nt], homophily, misalignment, same_community)
+        src, dst = _link(rng, labels, decoy, community[target], latent[nt], community[nt], distractor[nt],
+                         degree[nt], homophily[nt], misalignment, same_community)
         forward, reverse = RELATION_NAMES.get((target, nt), (f"has_{nt}", f"{nt}_of"))
         relations[(target, forward, nt)] = (reverse, torch.as_tensor(np.stack([src, dst])))
 
-    note = (f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, homophily={homophily}, "
+    note = (f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, decoys={decoys}, homophily={homophily}, "
             f"same_community={same_community}, misalignment={misalignment}, own_signal={own_signal}, "
             f"neighbour_signal={neighbour_signal}, distractor_signal={distractor_signal}, "
             f"identity_signal={identity_signal}, noise={noise})")
@@ -114,6 +123,8 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
                          "community": torch.as_tensor(community[nt], dtype=torch.long),
                          "deceptive_modality": torch.as_tensor(deceptive[nt], dtype=torch.long)} for nt in others}
     data.planted[target] = {"community": torch.as_tensor(community[target], dtype=torch.long)}
+    if decoys:
+        data.planted[target]["decoy"] = torch.as_tensor(decoy, dtype=torch.long)
     data.planted["identity_codes"] = {m: torch.as_tensor(codes[m], dtype=torch.float32) for m in modalities}
     return data
 
@@ -127,9 +138,11 @@ def _communities(rng, latent, num_classes, communities) -> np.ndarray:
     return out
 
 
-def _plant(rng, latent, community, shown_class, shown_identity, modalities, num_classes, n_codes, fraction):
-    """Class-balanced distractors: a wrong class (another group) in every modality, their own community's
-    identity in one drawn modality and a foreign one elsewhere (module docstring, step 4)."""
+def _plant(rng, latent, community, shown_class, shown_identity, modalities, num_classes, n_codes, fraction,
+           wrong_class=True):
+    """Class-balanced distractors: a wrong class (another group) in every modality (unless ``wrong_class`` is
+    False: decoys show their own class), their own community's identity in one drawn modality and a foreign
+    one elsewhere (module docstring, step 4)."""
     from node_tasks.synthetic import modality_group
 
     n = len(latent)
@@ -143,16 +156,17 @@ def _plant(rng, latent, community, shown_class, shown_identity, modalities, num_
         deceptive[v] = int(rng.integers(len(modalities)))
         for k, m in enumerate(modalities):
             wrong = [w for w in range(num_classes) if modality_group(w, k) != modality_group(c, k)]
-            if wrong:
+            if wrong and wrong_class:
                 shown_class[m][v] = int(rng.choice(wrong))
             if k != deceptive[v] and n_codes > 1:
                 shown_identity[m][v] = int(rng.choice([q for q in range(n_codes) if q != own]))
     return chosen, deceptive
 
 
-def _link(rng, labels, target_community, home, home_community, distractor, degree, homophily, misalignment,
+def _link(rng, labels, decoy, target_community, home, home_community, distractor, degree, homophily, misalignment,
           same_community):
-    """Target -> neighbour edges (module docstring, steps 3-4), ``degree`` per target."""
+    """Target -> neighbour edges (module docstring, steps 3-4), ``degree`` per target; distractor edges go to
+    distractors of class ``decoy[i]`` (= the target's own class outside the decoy variant)."""
     aligned = np.flatnonzero(~distractor)
     pools = {}
 
@@ -170,10 +184,11 @@ def _link(rng, labels, target_community, home, home_community, distractor, degre
     src, dst = [], []
     for i, y in enumerate(labels):
         key = (int(y), int(target_community[i]))
+        decoy_key = (int(decoy[i]), int(target_community[i]))
         for _ in range(degree):
             candidates = aligned
-            if rng.random() < misalignment and len(pool("distractor", key)):
-                candidates = pool("distractor", key)
+            if rng.random() < misalignment and len(pool("distractor", decoy_key)):
+                candidates = pool("distractor", decoy_key)
             elif rng.random() < homophily:
                 inside = rng.random() < same_community
                 preferred = pool("community", key) if inside else pool("other", key)

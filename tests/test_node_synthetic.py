@@ -82,3 +82,51 @@ def test_only_the_cross_modal_disagreement_separates_distractors():
     assert abs(roc_auc_score(~distractor, summed) - 0.5) < 0.1
     disagreement = abs(similarity["text"] - similarity["image"])
     assert roc_auc_score(distractor, disagreement) > 0.75
+
+
+DECOYS = dict(communities=4, decoys=True, identity_signal=3.0, misalignment=0.5, nodes={"paper": 600, "author": 600, "venue": 30},
+              degree={"author": 6}, homophily={"author": 1.0, "venue": 0.5})
+
+
+def test_decoys_lead_every_target_to_one_wrong_class_that_counting_cannot_tell_apart():
+    data = make_synthetic(seed=2, missing_rate=0.0, noise=0.0, **DECOYS)
+    src, dst = data["paper", "written_by", "author"].edge_index
+    planted = data.planted["author"]
+    decoy, labels = data.planted["paper"]["decoy"], data["paper"].y
+    assert not (decoy == labels).any()
+    distractor = planted["distractor"][dst]
+    neighbour_class = planted["latent_class"][dst]
+    assert torch.equal(neighbour_class[distractor], decoy[src[distractor]])  # the target's decoy, always
+    assert torch.equal(neighbour_class[~distractor], labels[src[~distractor]])  # homophily 1 for authors
+    # half of the author edges lead to decoys: a paper's own class and its decoy are equally frequent around it
+    assert abs(float(distractor.float().mean()) - 0.5) < 0.05
+    # decoys show the target's community in exactly one modality; aligned authors in both or in none
+    codes = data.planted["identity_codes"]
+    target_community = data.planted["paper"]["community"][src]
+    matches = torch.zeros(len(src), dtype=torch.long)
+    for m in data.modalities:
+        shown = (data["author"][f"x_{m}"][:, -IDENTITY_DIM:] @ codes[m].T).argmax(-1)[dst]
+        matches += (shown == target_community).long()
+    assert (matches[distractor] == 1).all() and (matches[~distractor] != 1).all()
+    # and they show their own class, not a wrong one: same class part as an aligned author of that class
+    x = data["author"].x_text[:, :-IDENTITY_DIM]
+    latent = planted["latent_class"]
+    for c in range(3):
+        rows = x[latent == c]
+        assert torch.allclose(rows, rows[:1].expand_as(rows))
+
+
+def test_decoys_need_communities_and_homophily_may_differ_by_type():
+    with pytest.raises(ConfigError, match="decoys"):
+        make_synthetic(decoys=True)
+    with pytest.raises(ConfigError, match="homophily"):
+        make_synthetic(homophily={"paper": 0.5})
+    with pytest.raises(ConfigError, match="homophily"):
+        make_synthetic(homophily={"venue": 1.5})
+    data = make_synthetic(seed=0, homophily={"venue": 1.0, "author": 0.0}, misalignment=0.0)
+    src, dst = data["paper", "published_in", "venue"].edge_index
+    assert torch.equal(data.planted["venue"]["latent_class"][dst], data["paper"].y[src])
+    # a mapping that repeats the single value draws the same graph
+    same = make_synthetic(seed=3, homophily={"author": 0.8, "venue": 0.8})
+    assert torch.equal(same["paper", "written_by", "author"].edge_index,
+                       make_synthetic(seed=3)["paper", "written_by", "author"].edge_index)
