@@ -62,6 +62,7 @@ non-target type t.
 
 from __future__ import annotations
 
+import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -223,6 +224,9 @@ def _check_arguments(num_classes, nodes, modalities, homophily, misalignment, sp
         raise ConfigError(f"num_classes={num_classes}; expected >= 2")
     if not modalities or len(set(modalities)) != len(modalities):
         raise ConfigError(f"modalities={modalities}; expected distinct names")
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in nodes.values()):
+        raise ConfigError(f"nodes={nodes}; expected node type -> integer count (in YAML flow style, a space "
+                          f"after each colon: {{paper: 600}})")
     if len(nodes) < 2 or any(int(n) < num_classes for n in nodes.values()):
         raise ConfigError(f"nodes={nodes}; expected a target type and >= 1 other type, each with >= C nodes")
     if not 0.0 <= homophily <= 1.0 or not 0.0 <= misalignment < 1.0:

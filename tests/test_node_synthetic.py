@@ -3,6 +3,7 @@ which comparisons can see it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -130,3 +131,10 @@ def test_decoys_need_communities_and_homophily_may_differ_by_type():
     same = make_synthetic(seed=3, homophily={"author": 0.8, "venue": 0.8})
     assert torch.equal(same["paper", "written_by", "author"].edge_index,
                        make_synthetic(seed=3)["paper", "written_by", "author"].edge_index)
+
+
+def test_node_counts_must_be_integers_with_a_hint_for_yaml_flow_style():
+    # "{paper:600}" without a space is YAML for the key "paper:600" with no value
+    with pytest.raises(ConfigError, match="space after each colon"):
+        make_synthetic(nodes={"paper:600": None, "author:60": None})
+    assert make_synthetic(nodes={"paper": np.int64(30), "author": 20, "venue": 6})["paper"].num_nodes == 30
