@@ -150,10 +150,8 @@ def make_synthetic(
     """
     nodes = dict(DEFAULT_NODES if nodes is None else nodes)
     modalities = list(modalities)
+    _check_arguments(num_classes, nodes, modalities, misalignment, split)
     homophily = _homophily(nodes, homophily)
-    _check_arguments(num_classes, nodes, modalities, min(homophily.values(), default=0.8), misalignment, split)
-    if any(not 0.0 <= h <= 1.0 for h in homophily.values()):
-        raise ConfigError(f"homophily={homophily}; expected probabilities in [0, 1]")
     types = list(nodes)
     target, others = types[0], types[1:]
     dims = {m: int(feature_dim[m] if isinstance(feature_dim, Mapping) else feature_dim) for m in modalities}
@@ -219,7 +217,7 @@ def assemble(nodes, modalities, features, relations, target, labels, split, seed
                         [f"class_{c}" for c in range(num_classes)], [note])
 
 
-def _check_arguments(num_classes, nodes, modalities, homophily, misalignment, split) -> None:
+def _check_arguments(num_classes, nodes, modalities, misalignment, split) -> None:
     if num_classes < 2:
         raise ConfigError(f"num_classes={num_classes}; expected >= 2")
     if not modalities or len(set(modalities)) != len(modalities):
@@ -229,8 +227,8 @@ def _check_arguments(num_classes, nodes, modalities, homophily, misalignment, sp
                           f"after each colon: {{paper: 600}})")
     if len(nodes) < 2 or any(int(n) < num_classes for n in nodes.values()):
         raise ConfigError(f"nodes={nodes}; expected a target type and >= 1 other type, each with >= C nodes")
-    if not 0.0 <= homophily <= 1.0 or not 0.0 <= misalignment < 1.0:
-        raise ConfigError(f"homophily={homophily}, misalignment={misalignment}; expected [0, 1] and [0, 1)")
+    if not 0.0 <= misalignment < 1.0:
+        raise ConfigError(f"misalignment={misalignment}; expected a value in [0, 1)")
     if len(split) != 3 or min(split) < 0 or sum(split) > 1.0 + 1e-9 or split[0] <= 0:
         raise ConfigError(f"split={tuple(split)}; expected three fractions (train > 0) summing to <= 1")
 
@@ -239,11 +237,14 @@ def _homophily(nodes, homophily) -> dict[str, float]:
     """non-target type -> homophily, from one value or a (partial) mapping."""
     others = list(nodes)[1:]
     if not isinstance(homophily, Mapping):
-        return {nt: float(homophily) for nt in others}
+        homophily = {nt: homophily for nt in others}
     unknown = [nt for nt in homophily if nt not in others]
     if unknown:
         raise ConfigError(f"homophily names {unknown}; expected non-target node types among {others}")
-    return {nt: float(homophily.get(nt, 0.8)) for nt in others}
+    values = {nt: float(homophily.get(nt, 0.8)) for nt in others}
+    if any(not 0.0 <= h <= 1.0 for h in values.values()):
+        raise ConfigError(f"homophily={dict(homophily)}; expected probabilities in [0, 1]")
+    return values
 
 
 def _degrees(nodes, target, degree) -> dict[str, int]:
