@@ -109,6 +109,7 @@ def make_synthetic(
     identity_signal: float = 2.0,
     same_community: float = 0.5,
     decoys: bool = False,
+    aligned_match: float = 1.0,
 ) -> HeteroData:
     """Generate the planted multimodal heterogeneous network described in the module docstring.
 
@@ -144,6 +145,11 @@ def make_synthetic(
             distractors OF THAT CLASS, which show their own class cleanly (``neighbour_signal``) and differ from
             aligned nodes only in their identity codes (the target's community in one modality, a foreign one in
             the others). See :mod:`node_tasks.synthetic_communities`.
+        aligned_match: community design only. The weight w of an aligned non-target node's own community code
+            in its identity part, w U[own] + (1 - w) U[foreign, drawn per modality]; 1 (default) shows the code
+            alone. With w = 0.5 an aligned neighbour matches its community half in every modality while a
+            distractor matches fully in one: equal sums, so no linear score on concatenated modalities separates
+            them (module docstring of :mod:`node_tasks.synthetic_communities`, step 6).
 
     Returns:
         A ``HeteroData`` that satisfies :func:`node_tasks.data.validate_hetero`.
@@ -165,9 +171,9 @@ def make_synthetic(
         return make_community_network(
             rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal, neighbour_signal,
             distractor_signal, homophily, misalignment, split, seed, communities, identity_dim, identity_signal,
-            same_community, decoys)
-    if decoys:
-        raise ConfigError("decoys=True needs the community design (communities >= 1)")
+            same_community, decoys, aligned_match)
+    if decoys or aligned_match != 1.0:
+        raise ConfigError("decoys=True and aligned_match != 1 need the community design (communities >= 1)")
     prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m])
                   for k, m in enumerate(modalities)}
     latent = {nt: rng.permutation(np.arange(n) % num_classes) for nt, n in nodes.items()}

@@ -29,6 +29,12 @@ What is planted, and for whom:
    shown by clean neighbours, as often as each other with ``misalignment`` 0.5 and ``homophily`` 1: counting
    classes cannot tell them apart, only the identity pattern can (a decoy matches the target's community in
    exactly one modality). ``homophily`` may be given per type, e.g. ``{author: 1.0, venue: 0.5}``.
+6. **Half matches** (``aligned_match`` w < 1). An aligned non-target node's identity part becomes
+   ``identity_signal (w U_m[own] + (1 - w) U_m[foreign_m])``, a foreign community drawn per modality. With
+   w = 0.5 and ``same_community`` 1, an aligned neighbour matches the target half in every modality and a
+   distractor fully in one: the sums of the similarities tie, so no linear score on concatenated modalities
+   (one HGT early-fusion head) ranks aligned neighbours above both kinds of distractor, and within one modality
+   the distractor's match is the larger. Only the disagreement |g^text - g^image| separates them.
 
 Why each model sees what it sees (the point of the design):
 
@@ -62,16 +68,19 @@ from imf_kg.errors import ConfigError
 
 def make_community_network(rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal,
                            neighbour_signal, distractor_signal, homophily, misalignment, split, seed,
-                           communities, identity_dim, identity_signal, same_community, decoys=False) -> HeteroData:
+                           communities, identity_dim, identity_signal, same_community, decoys=False,
+                           aligned_match=1.0) -> HeteroData:
     """Build the community design (module docstring); arguments as in :func:`node_tasks.synthetic.make_synthetic`.
 
     Returns a ``HeteroData`` of the data contract; every modality is ``dims[m] + identity_dim`` wide.
     """
     from node_tasks.synthetic import RELATION_NAMES, _presence_mask, _unit_rows, assemble, modality_group
 
-    if communities < 1 or identity_dim < 1 or not 0.0 <= same_community <= 1.0:
-        raise ConfigError(f"communities={communities}, identity_dim={identity_dim}, same_community={same_community}; "
-                          f"expected >= 1, >= 1 and a probability")
+    if communities < 1 or identity_dim < 1 or not 0.0 <= same_community <= 1.0 or not 0.0 <= aligned_match <= 1.0:
+        raise ConfigError(f"communities={communities}, identity_dim={identity_dim}, same_community={same_community}, "
+                          f"aligned_match={aligned_match}; expected >= 1, >= 1 and two numbers in [0, 1]")
+    if aligned_match != 1.0 and communities < 2:
+        raise ConfigError(f"aligned_match={aligned_match} needs communities >= 2 (a foreign community to blend in)")
     types = list(nodes)
     target, others = types[0], types[1:]
     n_codes = communities
@@ -98,6 +107,11 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
             signal[shown_class[nt][m] != latent[nt]] = distractor_signal
             class_part = signal[:, None] * prototypes[m][modality_group(shown_class[nt][m], k)]
             identity_part = identity_signal * codes[m][shown_identity[nt][m]]
+            if aligned_match != 1.0 and nt != target:  # step 6: aligned nodes blend in a foreign code
+                blend = ~distractor[nt]
+                foreign = (community[nt][blend] + rng.integers(1, n_codes, size=int(blend.sum()))) % n_codes
+                identity_part[blend] = identity_signal * (aligned_match * codes[m][community[nt][blend]]
+                                                          + (1.0 - aligned_match) * codes[m][foreign])
             values = np.concatenate([class_part, identity_part], axis=1)
             values = values + noise * rng.standard_normal(values.shape)
             mask = _presence_mask(rng, nodes[nt], rates[nt][m])

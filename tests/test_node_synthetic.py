@@ -133,8 +133,57 @@ def test_decoys_need_communities_and_homophily_may_differ_by_type():
                        make_synthetic(seed=3)["paper", "written_by", "author"].edge_index)
 
 
+
+def test_aligned_match_half_ties_the_sum_of_similarities_and_only_the_disagreement_separates():
+    data = make_synthetic(seed=0, missing_rate=0.0, noise=0.0, same_community=1.0, aligned_match=0.5, **DECOYS)
+    src, dst = data["paper", "written_by", "author"].edge_index
+    distractor = data.planted["author"]["distractor"][dst].numpy()
+    sims = {}
+    for m in data.modalities:
+        target = data["paper"][f"x_{m}"][src, -IDENTITY_DIM:]
+        neighbour = data["author"][f"x_{m}"][dst, -IDENTITY_DIM:]
+        sims[m] = (target * neighbour).sum(-1).numpy()
+    text, image = sims["text"], sims["image"]
+    # a linear score on the concatenated modalities cannot rank aligned authors above both kinds of decoy
+    assert abs(roc_auc_score(distractor, text + image) - 0.5) < 0.1
+    assert roc_auc_score(distractor, np.abs(text - image)) > 0.95
+    # the default (1.0) keeps the decoy design as it was, bit for bit
+    torch.testing.assert_close(make_synthetic(seed=0, aligned_match=1.0, **DECOYS)["author"].x_text,
+                               make_synthetic(seed=0, **DECOYS)["author"].x_text)
+    with pytest.raises(ConfigError, match="aligned_match"):
+        make_synthetic(aligned_match=0.5)
+    with pytest.raises(ConfigError, match="aligned_match"):
+        make_synthetic(communities=1, aligned_match=0.5)
+
+
 def test_node_counts_must_be_integers_with_a_hint_for_yaml_flow_style():
     # "{paper:600}" without a space is YAML for the key "paper:600" with no value
     with pytest.raises(ConfigError, match="space after each colon"):
         make_synthetic(nodes={"paper:600": None, "author:60": None})
     assert make_synthetic(nodes={"paper": np.int64(30), "author": 20, "venue": 6})["paper"].num_nodes == 30
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_decoys", "imdb"])
+def test_shipped_node_configs_load(name):
+    from pathlib import Path
+
+    from node_tasks.compare import CONFIG_DIR, resolve_config
+
+    path = CONFIG_DIR / f"{name}.yaml"
+    config = resolve_config("synthetic" if name.startswith("synthetic") else "imdb", str(path), [])
+    assert Path(path).is_file() and config.train.epochs > 0 and config.model.hidden % config.model.heads == 0
+
+
+def test_decoy_config_builds_the_decoy_design_with_the_product_attention():
+    from node_tasks.compare import CONFIG_DIR, load_dataset, resolve_config
+    from node_tasks.train import build_model
+
+    config = resolve_config("synthetic", str(CONFIG_DIR / "synthetic_decoys.yaml"), [])
+    data = load_dataset("synthetic", config.data_options)
+    assert data["paper"].num_nodes == 600 and data["author"].num_nodes == 600
+    decoy = data.planted["paper"]["decoy"]
+    assert bool((decoy != data["paper"].y).all())  # every paper's decoy class is a wrong class
+    model, _ = build_model("ima", data, config.model)
+    assert {layer.final_attention for layer in model.layers} == {"product"}
+    softmax, _ = build_model("ima-softmax", data, config.model)
+    assert {layer.final_attention for layer in softmax.layers} == {"softmax"}
