@@ -132,8 +132,6 @@ def test_decoys_need_communities_and_homophily_may_differ_by_type():
     assert torch.equal(same["paper", "written_by", "author"].edge_index,
                        make_synthetic(seed=3)["paper", "written_by", "author"].edge_index)
 
-
-
 def test_aligned_match_half_ties_the_sum_of_similarities_and_only_the_disagreement_separates():
     data = make_synthetic(seed=0, missing_rate=0.0, noise=0.0, same_community=1.0, aligned_match=0.5, **DECOYS)
     src, dst = data["paper", "written_by", "author"].edge_index
@@ -147,9 +145,16 @@ def test_aligned_match_half_ties_the_sum_of_similarities_and_only_the_disagreeme
     # a linear score on the concatenated modalities cannot rank aligned authors above both kinds of decoy
     assert abs(roc_auc_score(distractor, text + image) - 0.5) < 0.1
     assert roc_auc_score(distractor, np.abs(text - image)) > 0.95
-    # the default (1.0) keeps the decoy design as it was, bit for bit
-    torch.testing.assert_close(make_synthetic(seed=0, aligned_match=1.0, **DECOYS)["author"].x_text,
-                               make_synthetic(seed=0, **DECOYS)["author"].x_text)
+    # an aligned author shows half its own code and half a foreign one; a distractor one full code per modality
+    codes, signal = data.planted["identity_codes"], DECOYS["identity_signal"]
+    planted = data.planted["author"]
+    aligned = ~planted["distractor"]
+    own = planted["community"][aligned]
+    for m in data.modalities:
+        rest = data["author"][f"x_{m}"][aligned, -IDENTITY_DIM:] - 0.5 * signal * codes[m][own]
+        distance = torch.cdist(rest, 0.5 * signal * codes[m])  # (aligned authors, K)
+        assert bool((distance.min(-1).values < 1e-2).all())  # float32 cdist; codes lie >= 1 apart
+        assert not bool((distance.argmin(-1) == own).any())
     with pytest.raises(ConfigError, match="aligned_match"):
         make_synthetic(aligned_match=0.5)
     with pytest.raises(ConfigError, match="aligned_match"):
