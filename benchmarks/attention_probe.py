@@ -9,6 +9,11 @@ target type how well each attention separates aligned from distractor neighbours
 and heads), gamma (alignment modulation) and beta (the final attention that weights the messages).
 0.5 = the attention ignores the cue; 1.0 = every aligned neighbour outweighs every distractor.
 
+On the community design (``data.planted`` has ``community`` and ``deceptive_modality``) it adds, per modality m,
+``auc_match_m``: the AUC of alpha^m (averaged over heads) for "the neighbour shows the target's community in
+modality m" (an aligned neighbour of its community, or a distractor whose deceptive modality is m). This asks
+whether g^m has learned the per-modality identity similarity that gamma compares.
+
 It also prints how fast the training set is fitted (training loss after 1, 5, 10 and 25 epochs): attention
 can only learn from the loss while the loss still has something to say.
 
@@ -26,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -62,8 +68,26 @@ def attention_aucs(model, data) -> List[Dict]:
             for name, weights in (("alpha", att.inter_node.mean(dim=(0, -1))), ("gamma", att.alignment.mean(-1)),
                                   ("beta", att.final.mean(-1))):
                 row[f"auc_{name}"] = float(roc_auc_score(aligned, weights.numpy()))
+            for k, match in _modality_matches(data, edge_type, edges[edge_type], att.modalities).items():
+                if 0 < match.sum() < len(match):
+                    row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(match, att.inter_node[k].mean(-1).numpy()))
             rows.append(row)
     return rows
+
+
+def _modality_matches(data, edge_type, edge_index, modalities) -> Dict[int, np.ndarray]:
+    """Modality index k -> per edge, does the source show the target's community in modality k (planted truth);
+    empty outside the community design."""
+    src_type, _, dst_type = edge_type
+    planted = getattr(data, "planted", {})
+    source, target = planted.get(src_type, {}), planted.get(dst_type, {})
+    if "deceptive_modality" not in source or "community" not in target:
+        return {}
+    src, dst = edge_index
+    same = (source["community"][src] == target["community"][dst]).numpy()
+    deceptive = source["deceptive_modality"][src].numpy()
+    names = list(data.modalities)
+    return {k: same & ((deceptive < 0) | (deceptive == names.index(m))) for k, m in enumerate(modalities)}
 
 
 def main(argv=None) -> int:

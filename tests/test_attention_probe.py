@@ -44,3 +44,30 @@ def test_auc_is_one_for_attention_that_follows_the_planted_truth():
     model.forward = oracle_forward
     (row,) = attention_probe.attention_aucs(model, data)
     assert row["auc_beta"] == 1.0 and 0.2 < row["distractor_share"] < 0.6
+
+
+def test_per_modality_match_auc_reads_the_planted_identity_on_the_community_design():
+    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, **SMALL)
+    model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
+    real_forward = model.forward
+    planted, target = data.planted["author"], data.planted["paper"]
+
+    def oracle_forward(x, edges, masks, return_attention=False):
+        outputs = real_forward(x, edges, masks, return_attention=True)
+        for per_type in outputs.attention:
+            for edge_type, att in per_type.items():
+                if edge_type[0] == "author":
+                    src, dst = edges[edge_type]
+                    same = planted["community"][src] == target["community"][dst]
+                    for k, m in enumerate(att.modalities):
+                        shows = same & ((planted["deceptive_modality"][src] < 0)
+                                        | (planted["deceptive_modality"][src] == list(data.modalities).index(m)))
+                        att.inter_node[k] = shows.float().unsqueeze(-1).expand_as(att.inter_node[k]) + 0.1
+        return NodeOutputs(outputs.logits, attention=outputs.attention)
+
+    model.forward = oracle_forward
+    (row,) = attention_probe.attention_aucs(model, data)
+    assert row["auc_match_text"] == 1.0 and row["auc_match_image"] == 1.0
+    # the base design plants no communities: no match columns
+    plain, _ = build_model("ima", make_synthetic(seed=0, **SMALL), ModelConfig(hidden=8, heads=2, layers=1))
+    assert not any(k.startswith("auc_match") for k in attention_probe.attention_aucs(plain, make_synthetic(seed=0, **SMALL))[0])
