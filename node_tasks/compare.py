@@ -138,7 +138,7 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
         from node_tasks.train import experiment_as_dict
 
         paths = write_comparison(records, out_dir, METRICS, title, labels=LABELS, references=references,
-                                 extra={"dataset": dataset, "seeds": list(seeds), "data_seeds": data_seeds and graphs,
+                                 extra={"dataset": dataset, "seeds": list(seeds), "data_seeds": None if data_seeds is None else graphs,
                                         "margins": margins, "graph_margins": graph_margins,
                                         "config": experiment_as_dict(config), "seconds": seconds})
     return {"records": records, "rows": rows, "margins": margins, "graph_margins": graph_margins, "table": table,

@@ -130,7 +130,7 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
     note = (f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, decoys={decoys}, homophily={homophily}, "
             f"same_community={same_community}, misalignment={misalignment}, own_signal={own_signal}, "
             f"neighbour_signal={neighbour_signal}, distractor_signal={distractor_signal}, "
-            f"identity_signal={identity_signal}, noise={noise})")
+            f"identity_signal={identity_signal}, aligned_match={aligned_match}, noise={noise})")
     data = assemble(nodes, modalities, features, relations, target, labels, split, seed, num_classes, note)
     data.planted = {nt: {"latent_class": torch.as_tensor(latent[nt], dtype=torch.long),
                          "distractor": torch.as_tensor(distractor[nt]),
