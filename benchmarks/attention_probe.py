@@ -11,8 +11,14 @@ and heads), gamma (alignment modulation) and beta (the final attention that weig
 
 On the community design (``data.planted`` has ``community`` and ``deceptive_modality``) it adds, per modality m,
 ``auc_match_m``: the AUC of alpha^m (averaged over heads) for "the neighbour shows the target's community in
-modality m" (an aligned neighbour of its community, or a distractor whose deceptive modality is m). This asks
-whether g^m has learned the per-modality identity similarity that gamma compares.
+modality m" (an aligned neighbour of its community, or a distractor whose deceptive modality is m), over the
+edges whose two ends both have m (alpha^m is 0 elsewhere by construction). This asks whether g^m has learned the
+per-modality identity similarity that gamma compares.
+
+``--fit-match STEPS`` asks the question before it: can g^m represent that similarity at all? It trains a fresh
+model of each ``--models`` entry on nothing but the planted match, for STEPS Adam steps: for every target and
+modality m, minus the log of the alpha^m mass that layer 0 puts on matching neighbours. It prints the AUC of
+alpha^m against the match as it goes. No labels are used, so no split is touched.
 
 It also prints how fast the training set is fitted (training loss after 1, 5, 10 and 25 epochs): attention
 can only learn from the loss while the loss still has something to say.
@@ -40,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imf_kg.io import atomic_write_json  # noqa: E402
 from node_tasks.compare import load_dataset, resolve_config  # noqa: E402
 from node_tasks.model import graph_inputs  # noqa: E402
-from node_tasks.train import MODELS, train_selected  # noqa: E402
+from node_tasks.train import MODELS, build_model, train_selected  # noqa: E402
 
 LOSS_EPOCHS = (1, 5, 10, 25)
+FIT_REPORTS = 4  # --fit-match prints this many rows per run, evenly over its steps (and the first)
 
 
 def attention_aucs(model, data) -> List[Dict]:
@@ -68,11 +75,22 @@ def attention_aucs(model, data) -> List[Dict]:
             for name, weights in (("alpha", att.inter_node.mean(dim=(0, -1))), ("gamma", att.alignment.mean(-1)),
                                   ("beta", att.final.mean(-1))):
                 row[f"auc_{name}"] = float(roc_auc_score(aligned, weights.numpy()))
+            active = _active_edges(masks, edge_type, edges[edge_type], att.modalities)
             for k, match in _modality_matches(data, edge_type, edges[edge_type], att.modalities).items():
+                match, weights = match[active[k]], att.inter_node[k].mean(-1).numpy()[active[k]]
                 if 0 < match.sum() < len(match):
-                    row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(match, att.inter_node[k].mean(-1).numpy()))
+                    row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(match, weights))
             rows.append(row)
     return rows
+
+
+def _active_edges(masks, edge_type, edge_index, modalities) -> Dict[int, np.ndarray]:
+    """Modality index k -> per edge, do both ends have modality k. alpha^m is 0 by construction on the other
+    edges (masked out of the softmax), so they say nothing about what g^m has learned."""
+    src_type, _, dst_type = edge_type
+    src, dst = edge_index
+    return {k: (masks[src_type][m].bool()[src] & masks[dst_type][m].bool()[dst]).numpy()
+            for k, m in enumerate(modalities)}
 
 
 def _modality_matches(data, edge_type, edge_index, modalities) -> Dict[int, np.ndarray]:
@@ -90,6 +108,57 @@ def _modality_matches(data, edge_type, edge_index, modalities) -> Dict[int, np.n
     return {k: same & ((deceptive < 0) | (deceptive == names.index(m))) for k, m in enumerate(modalities)}
 
 
+def fit_match(model, data, steps: int, lr: float = 0.002, report_every: int = 25) -> List[Dict]:
+    """Train ``model`` (an HGNN-IMA) on the planted per-modality identity match only (module docstring,
+    ``--fit-match``); returns one row per report: step, loss, and the layer-0 ``auc_match_<m>`` of every edge type
+    into the target type that has planted communities. Raises ValueError outside the community design."""
+    x, edges, masks = graph_inputs(data)
+    target_type = data.target_node_type
+    supervised = {}
+    with torch.no_grad():  # the modalities each edge type's attention runs over (both ends may have them)
+        first = model(x, edges, masks, return_attention=True).attention[0]
+    for edge_type, att in first.items():
+        planted = getattr(data, "planted", {}).get(edge_type[0], {})
+        if edge_type[2] != target_type or not bool(planted.get("distractor", torch.zeros(1, dtype=torch.bool)).any()):
+            continue  # as attention_aucs: only edge types from a type with planted distractors
+        edge_index, modalities = edges[edge_type], att.modalities
+        matches = _modality_matches(data, edge_type, edge_index, modalities)
+        if matches:
+            active = _active_edges(masks, edge_type, edge_index, modalities)
+            supervised[edge_type] = {k: torch.as_tensor(matches[k] & active[k]) for k in matches}
+    if not supervised:
+        raise ValueError("fit_match needs the community design (make_synthetic(communities=K)): no planted match")
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    num_targets = data[target_type].num_nodes
+    rows = []
+    model.train()
+    for step in range(steps + 1):
+        attention = model(x, edges, masks, return_attention=True).attention[0]
+        loss = torch.zeros(())
+        report = step % report_every == 0 or step == steps
+        new_rows = []
+        for edge_type, per_modality in supervised.items():
+            att, dst = attention[edge_type], edges[edge_type][1]
+            row = {"step": step, "edge_type": "/".join(edge_type)}
+            active = _active_edges(masks, edge_type, edges[edge_type], att.modalities)
+            for k, match in per_modality.items():
+                alpha = att.inter_node[k].mean(-1)
+                mass = torch.zeros(num_targets).index_add(0, dst, alpha * match.float())
+                has = torch.zeros(num_targets).index_add(0, dst, match.float()) > 0
+                loss = loss - torch.log(mass[has].clamp(min=1e-12)).mean()
+                if report and 0 < match[active[k]].sum() < active[k].sum():
+                    row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(
+                        match.numpy()[active[k]], alpha.detach().numpy()[active[k]]))
+            new_rows.append(row)
+        if report:
+            rows += [{**row, "loss": loss.item()} for row in new_rows]
+        if step < steps:
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="experiment config (default configs/hgnn_ima/synthetic.yaml)")
@@ -98,11 +167,24 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--fit-match", type=int, default=0, metavar="STEPS",
+                        help="instead of training on labels: fit layer 0's alpha^m to the planted identity match")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = resolve_config("synthetic", args.config, args.set)
     data = load_dataset(config.dataset, config.data_options)
     rows = []
+    if args.fit_match:
+        for name in args.models.split(","):
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                model, _ = build_model(name, data, replace(config.model, name=name))
+                for row in fit_match(model, data, args.fit_match, report_every=max(args.fit_match // FIT_REPORTS, 1)):
+                    rows.append({"model": name, "seed": seed, **row})
+                    print("  ".join(f"{k}={_fmt(v)}" for k, v in rows[-1].items()), flush=True)
+        if args.out:
+            atomic_write_json(args.out, rows)
+        return 0
     with tempfile.TemporaryDirectory(prefix="attention-probe-") as scratch:
         for name in args.models.split(","):
             run_config = replace(config, model=replace(config.model, name=name))

@@ -62,12 +62,36 @@ def test_per_modality_match_auc_reads_the_planted_identity_on_the_community_desi
                     for k, m in enumerate(att.modalities):
                         shows = same & ((planted["deceptive_modality"][src] < 0)
                                         | (planted["deceptive_modality"][src] == list(data.modalities).index(m)))
-                        att.inter_node[k] = shows.float().unsqueeze(-1).expand_as(att.inter_node[k]) + 0.1
+                        # as the model does: alpha^m is 0 on an edge where either end lacks m, match or not
+                        active = (masks[edge_type[0]][m][src] & masks[edge_type[2]][m][dst]).float()
+                        inactive_matches.append(int(((1 - active) * shows.float()).sum()))
+                        att.inter_node[k] = ((shows.float() + 0.1) * active).unsqueeze(-1).expand_as(att.inter_node[k])
         return NodeOutputs(outputs.logits, attention=outputs.attention)
 
+    inactive_matches = []
+    masks = {nt: {m: data[nt][f"mask_{m}"].bool() for m in data.modalities} for nt in data.node_types}
     model.forward = oracle_forward
     (row,) = attention_probe.attention_aucs(model, data)
+    assert min(inactive_matches) > 0  # matching edges with a missing end exist, and they do not count
     assert row["auc_match_text"] == 1.0 and row["auc_match_image"] == 1.0
     # the base design plants no communities: no match columns
     plain, _ = build_model("ima", make_synthetic(seed=0, **SMALL), ModelConfig(hidden=8, heads=2, layers=1))
     assert not any(k.startswith("auc_match") for k in attention_probe.attention_aucs(plain, make_synthetic(seed=0, **SMALL))[0])
+
+
+def test_fit_match_teaches_alpha_the_planted_identity_and_needs_the_community_design():
+    import pytest
+    import torch
+
+    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, noise=0.1, **SMALL)
+    torch.manual_seed(0)
+    model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
+    rows = attention_probe.fit_match(model, data, steps=80, lr=0.01, report_every=80)
+    first, last = rows[0], rows[-1]
+    assert [(r["step"], r["edge_type"]) for r in rows] == [(0, "author/writes/paper"), (80, "author/writes/paper")]
+    assert last["loss"] < 0.5 * first["loss"]
+    assert last["auc_match_text"] > 0.9 and last["auc_match_image"] > 0.9
+    assert min(first["auc_match_text"], first["auc_match_image"]) < 0.8  # it was learned, not there from the start
+    plain, _ = build_model("ima", make_synthetic(seed=0, **SMALL), ModelConfig(hidden=8, heads=2, layers=1))
+    with pytest.raises(ValueError, match="community design"):
+        attention_probe.fit_match(plain, make_synthetic(seed=0, **SMALL), steps=1)
