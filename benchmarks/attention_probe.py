@@ -20,6 +20,10 @@ model of each ``--models`` entry on nothing but the planted match, for STEPS Ada
 modality m, minus the log of the alpha^m mass that layer 0 puts on matching neighbours. It prints the AUC of
 alpha^m against the match as it goes. No labels are used, so no split is touched.
 
+``--pretrain-match STEPS`` then asks whether the cue would pay if it were learned: every HGNN-IMA model is fitted
+to the planted match that way first and only then trained on labels as ``compare`` trains it, and the usual rows
+are printed. It starts from the planted truth, so it is a diagnostic, never a model to compare.
+
 It also prints how fast the training set is fitted (training loss after 1, 5, 10 and 25 epochs): attention
 can only learn from the loss while the loss still has something to say.
 
@@ -169,6 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--fit-match", type=int, default=0, metavar="STEPS",
                         help="instead of training on labels: fit layer 0's alpha^m to the planted identity match")
+    parser.add_argument("--pretrain-match", type=int, default=0, metavar="STEPS",
+                        help="fit every HGNN-IMA model to the planted match for STEPS steps before training on labels")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = resolve_config("synthetic", args.config, args.set)
@@ -189,10 +195,16 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             run_config = replace(config, model=replace(config.model, name=name))
             for seed in range(args.seeds):
-                trained = train_selected(run_config, data, Path(scratch) / name / str(seed), seed=seed, draw_curve=False)
+                prepare = None
+                if args.pretrain_match and MODELS[name][0] == "ima":
+                    def prepare(model, steps=args.pretrain_match):
+                        fit_match(model, data, steps, report_every=steps)
+                trained = train_selected(run_config, data, Path(scratch) / name / str(seed), seed=seed, draw_curve=False,
+                                         prepare=prepare)
                 history = {r["epoch"]: r["train_loss"] for r in trained.result.history}
                 losses = {f"train_loss@{e}": history[e] for e in LOSS_EPOCHS if e in history}
-                head = {"model": name, "seed": seed, "best_epoch": trained.result.best_epoch,
+                head = {"model": name, "seed": seed, **({"pretrain_match": args.pretrain_match} if prepare else {}),
+                        "best_epoch": trained.result.best_epoch,
                         "val_macro_f1": trained.result.best_metrics.get("macro_f1"), **losses}
                 probes = attention_aucs(trained.model, data) or [{}]
                 for probe in probes:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from sklearn.metrics import f1_score
@@ -322,12 +322,17 @@ class TrainedModel:
 
 
 def train_selected(config: NodeExperimentConfig, data, run_dir, seed: Optional[int] = None,
-                   draw_curve: bool = True) -> TrainedModel:
+                   draw_curve: bool = True, prepare: Optional[Callable[[nn.Module], None]] = None) -> TrainedModel:
     """Train ``config.model.name`` with the shared Trainer and restore the checkpoint selected on validation
-    Macro-F1. Never evaluates the test split (:func:`train_and_test` does, once)."""
+    Macro-F1. Never evaluates the test split (:func:`train_and_test` does, once).
+
+    ``prepare``, if given, is called on the freshly built model before training (diagnostics such as
+    ``benchmarks/attention_probe.py --pretrain-match`` start from a modified model this way)."""
     train_config = replace(config.train, seed=config.train.seed if seed is None else seed)
     torch.manual_seed(train_config.seed)  # the model's initial parameters depend on the seed
     model, ablations = build_model(config.model.name, data, config.model)
+    if prepare is not None:
+        prepare(model)
     loss = NodeClassificationLoss(loss_weights_for(ablations, config.loss))
     batch_size = config.mini_batch.batch_size
     task = NodeClassificationTask(data, loss, batch_size, _fanout(config), config.mini_batch.eval_batch_size)

@@ -95,3 +95,28 @@ def test_fit_match_teaches_alpha_the_planted_identity_and_needs_the_community_de
     plain, _ = build_model("ima", make_synthetic(seed=0, **SMALL), ModelConfig(hidden=8, heads=2, layers=1))
     with pytest.raises(ValueError, match="community design"):
         attention_probe.fit_match(plain, make_synthetic(seed=0, **SMALL), steps=1)
+
+
+def test_pretrain_match_starts_label_training_from_the_fitted_attention(tmp_path):
+    from dataclasses import replace
+
+    from node_tasks.train import NodeExperimentConfig, OptimConfig, train_selected
+
+    options = {"seed": 0, "communities": 2, "misalignment": 0.5, "identity_signal": 3.0, "noise": 0.1, **SMALL}
+    data = make_synthetic(**options)
+    config = NodeExperimentConfig(data_options=options)
+    config = replace(config, model=ModelConfig(name="ima", hidden=8, heads=2, layers=1), optim=OptimConfig(lr=0.01),
+                     train=replace(config.train, epochs=1, device="cpu", progress=False))
+    prepared = []
+
+    def prepare(model):
+        prepared.append(attention_probe.fit_match(model, data, steps=80, lr=0.01, report_every=80)[-1])
+
+    plain = train_selected(config, data, tmp_path / "plain", seed=0, draw_curve=False)
+    fitted = train_selected(config, data, tmp_path / "fitted", seed=0, draw_curve=False, prepare=prepare)
+    assert len(prepared) == 1 and prepared[0]["auc_match_text"] > 0.9
+    # one epoch of label training keeps what the fit taught; the same seed without it is blind
+    (row,) = attention_probe.attention_aucs(fitted.model, data)
+    (blind,) = attention_probe.attention_aucs(plain.model, data)
+    assert row["auc_match_text"] > 0.85 and row["auc_match_image"] > 0.85
+    assert blind["auc_match_text"] < 0.8
