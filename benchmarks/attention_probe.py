@@ -114,48 +114,47 @@ def _modality_matches(data, edge_type, edge_index, modalities) -> Dict[int, np.n
 
 def fit_match(model, data, steps: int, lr: float = 0.002, report_every: int = 25) -> List[Dict]:
     """Train ``model`` (an HGNN-IMA) on the planted per-modality identity match only (module docstring,
-    ``--fit-match``); returns one row per report: step, loss, and the layer-0 ``auc_match_<m>`` of every edge type
-    into the target type that has planted communities. Raises ValueError outside the community design."""
+    ``--fit-match``). Returns one row per report and edge type (those into the target type from a type with
+    planted distractors, as :func:`attention_aucs` probes): step, edge type, the layer-0 ``auc_match_<m>`` over
+    the edges whose ends both have m, and the loss. Raises ValueError outside the community design."""
     x, edges, masks = graph_inputs(data)
     target_type = data.target_node_type
-    supervised = {}
+    num_targets = data[target_type].num_nodes
+    targets = {}  # edge type -> (active edges per modality, matching active edges per modality, targets with a match)
     with torch.no_grad():  # the modalities each edge type's attention runs over (both ends may have them)
         first = model(x, edges, masks, return_attention=True).attention[0]
     for edge_type, att in first.items():
         planted = getattr(data, "planted", {}).get(edge_type[0], {})
         if edge_type[2] != target_type or not bool(planted.get("distractor", torch.zeros(1, dtype=torch.bool)).any()):
-            continue  # as attention_aucs: only edge types from a type with planted distractors
-        edge_index, modalities = edges[edge_type], att.modalities
-        matches = _modality_matches(data, edge_type, edge_index, modalities)
+            continue
+        matches = _modality_matches(data, edge_type, edges[edge_type], att.modalities)
         if matches:
-            active = _active_edges(masks, edge_type, edge_index, modalities)
-            supervised[edge_type] = {k: torch.as_tensor(matches[k] & active[k]) for k in matches}
-    if not supervised:
+            active = _active_edges(masks, edge_type, edges[edge_type], att.modalities)
+            match = {k: torch.as_tensor(matches[k] & active[k]).float() for k in matches}
+            has = {k: torch.zeros(num_targets).index_add(0, edges[edge_type][1], m) > 0 for k, m in match.items()}
+            targets[edge_type] = (active, match, has)
+    if not targets:
         raise ValueError("fit_match needs the community design (make_synthetic(communities=K)): no planted match")
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    num_targets = data[target_type].num_nodes
     rows = []
     model.train()
     for step in range(steps + 1):
         attention = model(x, edges, masks, return_attention=True).attention[0]
         loss = torch.zeros(())
-        report = step % report_every == 0 or step == steps
-        new_rows = []
-        for edge_type, per_modality in supervised.items():
-            att, dst = attention[edge_type], edges[edge_type][1]
-            row = {"step": step, "edge_type": "/".join(edge_type)}
-            active = _active_edges(masks, edge_type, edges[edge_type], att.modalities)
-            for k, match in per_modality.items():
-                alpha = att.inter_node[k].mean(-1)
-                mass = torch.zeros(num_targets).index_add(0, dst, alpha * match.float())
-                has = torch.zeros(num_targets).index_add(0, dst, match.float()) > 0
-                loss = loss - torch.log(mass[has].clamp(min=1e-12)).mean()
-                if report and 0 < match[active[k]].sum() < active[k].sum():
-                    row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(
-                        match.numpy()[active[k]], alpha.detach().numpy()[active[k]]))
-            new_rows.append(row)
-        if report:
-            rows += [{**row, "loss": loss.item()} for row in new_rows]
+        for edge_type, (_, match, has) in targets.items():
+            for k, matching in match.items():
+                alpha = attention[edge_type].inter_node[k].mean(-1)
+                mass = torch.zeros(num_targets).index_add(0, edges[edge_type][1], alpha * matching)
+                loss = loss - torch.log(mass[has[k]].clamp(min=1e-12)).mean()
+        if step % report_every == 0 or step == steps:
+            for edge_type, (active, match, _) in targets.items():
+                att = attention[edge_type]
+                row = {"step": step, "edge_type": "/".join(edge_type)}
+                for k, matching in match.items():
+                    truth, alpha = matching.numpy()[active[k]], att.inter_node[k].mean(-1).detach().numpy()[active[k]]
+                    if 0 < truth.sum() < len(truth):
+                        row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(truth, alpha))
+                rows.append({**row, "loss": loss.item()})
         if step < steps:
             optimiser.zero_grad()
             loss.backward()
