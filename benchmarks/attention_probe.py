@@ -6,7 +6,10 @@ the truth at graph level (``data.planted[type]["distractor"]``). This script tra
 evaluated), then, on the selected checkpoint, measures for every layer and every edge type that ends at the
 target type how well each attention separates aligned from distractor neighbours: the ROC AUC of
 "aligned" against the attention weight, for alpha (per-modality inter-node attention, averaged over modalities
-and heads), gamma (alignment modulation) and beta (the final attention that weights the messages).
+and heads), b = sum_m lambda^m alpha^m (the cross-modal weight before alignment), gamma (alignment modulation) and
+beta (the final attention that weights the messages). On the community design, ``auc_<b|gamma|beta>_same`` and
+``_other`` split the aligned neighbours into those of the target's community and those of another one, each
+against all distractors.
 0.5 = the attention ignores the cue; 1.0 = every aligned neighbour outweighs every distractor.
 
 On the community design (``data.planted`` has ``community`` and ``deceptive_modality``) it adds, per modality m,
@@ -76,9 +79,18 @@ def attention_aucs(model, data) -> List[Dict]:
                 continue
             aligned = (~distractor).numpy()
             row = {"layer": layer, "edge_type": "/".join(edge_type), "distractor_share": float(distractor.float().mean())}
-            for name, weights in (("alpha", att.inter_node.mean(dim=(0, -1))), ("gamma", att.alignment.mean(-1)),
-                                  ("beta", att.final.mean(-1))):
-                row[f"auc_{name}"] = float(roc_auc_score(aligned, weights.numpy()))
+            cross = (att.inter_modal * att.inter_node).sum(0)  # b = sum_m lambda^m alpha^m, (E, H)
+            weights = {"alpha": att.inter_node.mean(dim=(0, -1)), "b": cross.mean(-1), "gamma": att.alignment.mean(-1),
+                       "beta": att.final.mean(-1)}
+            for name, weight in weights.items():
+                row[f"auc_{name}"] = float(roc_auc_score(aligned, weight.numpy()))
+            same = _same_community(data, edge_type, edges[edge_type])
+            if same is not None:  # community design: aligned authors of the target's community / of another one
+                for part, kind in (("same", aligned & same), ("other", aligned & ~same)):
+                    chosen = kind | ~aligned
+                    if kind.any():
+                        for name in ("b", "gamma", "beta"):
+                            row[f"auc_{name}_{part}"] = float(roc_auc_score(kind[chosen], weights[name].numpy()[chosen]))
             active = _active_edges(masks, edge_type, edges[edge_type], att.modalities)
             for k, match in _modality_matches(data, edge_type, edges[edge_type], att.modalities).items():
                 match, weights = match[active[k]], att.inter_node[k].mean(-1).numpy()[active[k]]
@@ -86,6 +98,15 @@ def attention_aucs(model, data) -> List[Dict]:
                     row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(match, weights))
             rows.append(row)
     return rows
+
+
+def _same_community(data, edge_type, edge_index):
+    """Per edge, is the source in the target's community (planted truth); None outside the community design."""
+    planted = getattr(data, "planted", {})
+    source, target = planted.get(edge_type[0], {}), planted.get(edge_type[2], {})
+    if "community" not in source or "community" not in target:
+        return None
+    return (source["community"][edge_index[0]] == target["community"][edge_index[1]]).numpy()
 
 
 def _active_edges(masks, edge_type, edge_index, modalities) -> Dict[int, np.ndarray]:
@@ -105,9 +126,8 @@ def _modality_matches(data, edge_type, edge_index, modalities) -> Dict[int, np.n
     source, target = planted.get(src_type, {}), planted.get(dst_type, {})
     if "deceptive_modality" not in source or "community" not in target:
         return {}
-    src, dst = edge_index
-    same = (source["community"][src] == target["community"][dst]).numpy()
-    deceptive = source["deceptive_modality"][src].numpy()
+    same = _same_community(data, edge_type, edge_index)
+    deceptive = source["deceptive_modality"][edge_index[0]].numpy()
     names = list(data.modalities)
     return {k: same & ((deceptive < 0) | (deceptive == names.index(m))) for k, m in enumerate(modalities)}
 

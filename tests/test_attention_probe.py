@@ -22,7 +22,8 @@ def test_probes_every_layer_on_edge_types_from_types_with_distractors():
     rows = attention_probe.attention_aucs(model, data)
     # venues have no image, so no distractors: only author -> paper, once per layer
     assert [(r["layer"], r["edge_type"]) for r in rows] == [(0, "author/writes/paper"), (1, "author/writes/paper")]
-    assert all(0.0 <= r[f"auc_{k}"] <= 1.0 for r in rows for k in ("alpha", "gamma", "beta"))
+    assert all(0.0 <= r[f"auc_{k}"] <= 1.0 for r in rows for k in ("alpha", "b", "gamma", "beta"))
+    assert not any(k.endswith(("_same", "_other")) for r in rows for k in r)  # no communities planted here
     hgt, _ = build_model("hgt-early", data, ModelConfig(hidden=8, heads=2, layers=2))
     assert attention_probe.attention_aucs(hgt, data) == []  # no attention to probe
 
@@ -120,3 +121,26 @@ def test_pretrain_match_starts_label_training_from_the_fitted_attention(tmp_path
     (blind,) = attention_probe.attention_aucs(plain.model, data)
     assert row["auc_match_text"] > 0.85 and row["auc_match_image"] > 0.85
     assert blind["auc_match_text"] < 0.8
+
+
+def test_community_split_scores_aligned_neighbours_of_the_same_and_of_other_communities_separately():
+    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, **SMALL)
+    model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
+    real_forward = model.forward
+    planted, target = data.planted["author"], data.planted["paper"]
+
+    def oracle_forward(x, edges, masks, return_attention=False):  # beta prefers aligned authors of the community
+        outputs = real_forward(x, edges, masks, return_attention=True)
+        for per_type in outputs.attention:
+            for edge_type, att in per_type.items():
+                if edge_type[0] == "author":
+                    src, dst = edges[edge_type]
+                    same = planted["community"][src] == target["community"][dst]
+                    favoured = (same & ~planted["distractor"][src]).float()
+                    att.final = favoured.unsqueeze(-1).expand_as(att.final) + 0.1
+        return NodeOutputs(outputs.logits, attention=outputs.attention)
+
+    model.forward = oracle_forward
+    (row,) = attention_probe.attention_aucs(model, data)
+    assert row["auc_beta_same"] == 1.0 and row["auc_beta_other"] == 0.5
+    assert 0.5 < row["auc_beta"] < 1.0
