@@ -7,16 +7,15 @@ evaluated), then, on the selected checkpoint, measures for every layer and every
 target type how well each attention separates aligned from distractor neighbours: the ROC AUC of
 "aligned" against the attention weight, for alpha (per-modality inter-node attention, averaged over modalities
 and heads), b = sum_m lambda^m alpha^m (the cross-modal weight before alignment), gamma (alignment modulation) and
-beta (the final attention that weights the messages). On the community design, ``auc_<b|gamma|beta>_same`` and
-``_other`` split the aligned neighbours into those of the target's community and those of another one, each
-against all distractors.
+beta (the final attention that weights the messages).
 0.5 = the attention ignores the cue; 1.0 = every aligned neighbour outweighs every distractor.
 
 On the community design (``data.planted`` has ``community`` and ``deceptive_modality``) it adds, per modality m,
 ``auc_match_m``: the AUC of alpha^m (averaged over heads) for "the neighbour shows the target's community in
 modality m" (an aligned neighbour of its community, or a distractor whose deceptive modality is m), over the
 edges whose two ends both have m (alpha^m is 0 elsewhere by construction). This asks whether g^m has learned the
-per-modality identity similarity that gamma compares.
+per-modality identity similarity that gamma compares. There, ``auc_<b|gamma|beta>_same`` and ``_other`` also split
+the aligned neighbours into those of the target's community and those of another one, each against all distractors.
 
 ``--fit-match STEPS`` asks the question before it: can g^m represent that similarity at all? It trains a fresh
 model of each ``--models`` entry on nothing but the planted match, for STEPS Adam steps: for every target and
