@@ -69,12 +69,8 @@ def attention_aucs(model, data) -> List[Dict]:
     rows = []
     for layer, per_type in enumerate(outputs.attention):
         for edge_type, att in per_type.items():
-            src_type, _, dst_type = edge_type
-            planted = getattr(data, "planted", {}).get(src_type, {})
-            if dst_type != data.target_node_type or "distractor" not in planted:
-                continue
-            distractor = planted["distractor"][edges[edge_type][0]]
-            if distractor.all() or not distractor.any():
+            distractor = _edge_distractors(data, edge_type, edges[edge_type])
+            if distractor is None:
                 continue
             aligned = (~distractor).numpy()
             row = {"layer": layer, "edge_type": "/".join(edge_type), "distractor_share": float(distractor.float().mean())}
@@ -97,6 +93,16 @@ def attention_aucs(model, data) -> List[Dict]:
                     row[f"auc_match_{att.modalities[k]}"] = float(roc_auc_score(match, weights))
             rows.append(row)
     return rows
+
+
+def _edge_distractors(data, edge_type, edge_index):
+    """Per edge, is the source a planted distractor; None for the edge types the probe skips: those not into the
+    target type, and those without both aligned and distractor sources."""
+    planted = getattr(data, "planted", {}).get(edge_type[0], {})
+    if edge_type[2] != data.target_node_type or "distractor" not in planted:
+        return None
+    distractor = planted["distractor"][edge_index[0]]
+    return None if distractor.all() or not distractor.any() else distractor
 
 
 def _same_community(data, edge_type, edge_index):
@@ -143,8 +149,7 @@ def fit_match(model, data, steps: int, lr: float = 0.002, report_every: int = 25
     with torch.no_grad():  # the modalities each edge type's attention runs over (both ends may have them)
         first = model(x, edges, masks, return_attention=True).attention[0]
     for edge_type, att in first.items():
-        planted = getattr(data, "planted", {}).get(edge_type[0], {})
-        if edge_type[2] != target_type or not bool(planted.get("distractor", torch.zeros(1, dtype=torch.bool)).any()):
+        if _edge_distractors(data, edge_type, edges[edge_type]) is None:  # the edge types attention_aucs probes
             continue
         matches = _modality_matches(data, edge_type, edges[edge_type], att.modalities)
         if matches:

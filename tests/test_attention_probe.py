@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
+import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -11,9 +15,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import attention_probe  # noqa: E402
 from node_tasks.model import NodeOutputs  # noqa: E402
 from node_tasks.synthetic import make_synthetic  # noqa: E402
-from node_tasks.train import ModelConfig, build_model  # noqa: E402
+from node_tasks.train import ModelConfig, NodeExperimentConfig, OptimConfig, build_model, train_selected  # noqa: E402
 
 SMALL = {"nodes": {"paper": 90, "author": 60, "venue": 6}, "feature_dim": 8}
+COMMUNITIES = {"communities": 2, "misalignment": 0.5, "identity_signal": 3.0}
+
+
+def with_oracle(model, edit):
+    """Make ``model`` return its own attention after ``edit(edges, masks, edge_type, att)`` has rewritten that of
+    every author -> paper edge type (the probe then reads the planted truth the edit wrote)."""
+    real_forward = model.forward
+
+    def oracle_forward(x, edges, masks, return_attention=False):
+        outputs = real_forward(x, edges, masks, return_attention=True)
+        for per_type in outputs.attention:
+            for edge_type, att in per_type.items():
+                if edge_type[0] == "author":
+                    edit(edges, masks, edge_type, att)
+        return NodeOutputs(outputs.logits, attention=outputs.attention)
+
+    model.forward = oracle_forward
+    return model
 
 
 def test_probes_every_layer_on_edge_types_from_types_with_distractors():
@@ -31,48 +53,33 @@ def test_probes_every_layer_on_edge_types_from_types_with_distractors():
 def test_auc_is_one_for_attention_that_follows_the_planted_truth():
     data = make_synthetic(seed=0, **SMALL)
     model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
-    real_forward = model.forward
 
-    def oracle_forward(x, edges, masks, return_attention=False):
-        outputs = real_forward(x, edges, masks, return_attention=True)
-        for per_type in outputs.attention:
-            for edge_type, att in per_type.items():
-                if edge_type[0] == "author":
-                    aligned = (~data.planted["author"]["distractor"][edges[edge_type][0]]).float()
-                    att.final = aligned.unsqueeze(-1).expand_as(att.final) + 0.1
-        return NodeOutputs(outputs.logits, attention=outputs.attention)
+    def follow_truth(edges, masks, edge_type, att):
+        aligned = (~data.planted["author"]["distractor"][edges[edge_type][0]]).float()
+        att.final = aligned.unsqueeze(-1).expand_as(att.final) + 0.1
 
-    model.forward = oracle_forward
-    (row,) = attention_probe.attention_aucs(model, data)
+    (row,) = attention_probe.attention_aucs(with_oracle(model, follow_truth), data)
     assert row["auc_beta"] == 1.0 and 0.2 < row["distractor_share"] < 0.6
 
 
 def test_per_modality_match_auc_reads_the_planted_identity_on_the_community_design():
-    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, **SMALL)
+    data = make_synthetic(seed=0, **COMMUNITIES, **SMALL)
     model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
-    real_forward = model.forward
     planted, target = data.planted["author"], data.planted["paper"]
-
-    def oracle_forward(x, edges, masks, return_attention=False):
-        outputs = real_forward(x, edges, masks, return_attention=True)
-        for per_type in outputs.attention:
-            for edge_type, att in per_type.items():
-                if edge_type[0] == "author":
-                    src, dst = edges[edge_type]
-                    same = planted["community"][src] == target["community"][dst]
-                    for k, m in enumerate(att.modalities):
-                        shows = same & ((planted["deceptive_modality"][src] < 0)
-                                        | (planted["deceptive_modality"][src] == list(data.modalities).index(m)))
-                        # as the model does: alpha^m is 0 on an edge where either end lacks m, match or not
-                        active = (masks[edge_type[0]][m][src] & masks[edge_type[2]][m][dst]).float()
-                        inactive_matches.append(int(((1 - active) * shows.float()).sum()))
-                        att.inter_node[k] = ((shows.float() + 0.1) * active).unsqueeze(-1).expand_as(att.inter_node[k])
-        return NodeOutputs(outputs.logits, attention=outputs.attention)
-
     inactive_matches = []
-    masks = {nt: {m: data[nt][f"mask_{m}"].bool() for m in data.modalities} for nt in data.node_types}
-    model.forward = oracle_forward
-    (row,) = attention_probe.attention_aucs(model, data)
+
+    def follow_match(edges, masks, edge_type, att):
+        src, dst = edges[edge_type]
+        same = planted["community"][src] == target["community"][dst]
+        for k, m in enumerate(att.modalities):
+            shows = same & ((planted["deceptive_modality"][src] < 0)
+                            | (planted["deceptive_modality"][src] == list(data.modalities).index(m)))
+            # as the model does: alpha^m is 0 on an edge where either end lacks m, match or not
+            active = (masks[edge_type[0]][m][src].bool() & masks[edge_type[2]][m][dst].bool()).float()
+            inactive_matches.append(int(((1 - active) * shows.float()).sum()))
+            att.inter_node[k] = ((shows.float() + 0.1) * active).unsqueeze(-1).expand_as(att.inter_node[k])
+
+    (row,) = attention_probe.attention_aucs(with_oracle(model, follow_match), data)
     assert min(inactive_matches) > 0  # matching edges with a missing end exist, and they do not count
     assert row["auc_match_text"] == 1.0 and row["auc_match_image"] == 1.0
     # the base design plants no communities: no match columns
@@ -81,10 +88,7 @@ def test_per_modality_match_auc_reads_the_planted_identity_on_the_community_desi
 
 
 def test_fit_match_teaches_alpha_the_planted_identity_and_needs_the_community_design():
-    import pytest
-    import torch
-
-    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, noise=0.1, **SMALL)
+    data = make_synthetic(seed=0, noise=0.1, **COMMUNITIES, **SMALL)
     torch.manual_seed(0)
     model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
     rows = attention_probe.fit_match(model, data, steps=80, lr=0.01, report_every=80)
@@ -99,11 +103,7 @@ def test_fit_match_teaches_alpha_the_planted_identity_and_needs_the_community_de
 
 
 def test_pretrain_match_starts_label_training_from_the_fitted_attention(tmp_path):
-    from dataclasses import replace
-
-    from node_tasks.train import NodeExperimentConfig, OptimConfig, train_selected
-
-    options = {"seed": 0, "communities": 2, "misalignment": 0.5, "identity_signal": 3.0, "noise": 0.1, **SMALL}
+    options = {"seed": 0, "noise": 0.1, **COMMUNITIES, **SMALL}
     data = make_synthetic(**options)
     config = NodeExperimentConfig(data_options=options)
     config = replace(config, model=ModelConfig(name="ima", hidden=8, heads=2, layers=1), optim=OptimConfig(lr=0.01),
@@ -124,23 +124,16 @@ def test_pretrain_match_starts_label_training_from_the_fitted_attention(tmp_path
 
 
 def test_community_split_scores_aligned_neighbours_of_the_same_and_of_other_communities_separately():
-    data = make_synthetic(seed=0, communities=2, misalignment=0.5, identity_signal=3.0, **SMALL)
+    data = make_synthetic(seed=0, **COMMUNITIES, **SMALL)
     model, _ = build_model("ima", data, ModelConfig(hidden=8, heads=2, layers=1))
-    real_forward = model.forward
     planted, target = data.planted["author"], data.planted["paper"]
 
-    def oracle_forward(x, edges, masks, return_attention=False):  # beta prefers aligned authors of the community
-        outputs = real_forward(x, edges, masks, return_attention=True)
-        for per_type in outputs.attention:
-            for edge_type, att in per_type.items():
-                if edge_type[0] == "author":
-                    src, dst = edges[edge_type]
-                    same = planted["community"][src] == target["community"][dst]
-                    favoured = (same & ~planted["distractor"][src]).float()
-                    att.final = favoured.unsqueeze(-1).expand_as(att.final) + 0.1
-        return NodeOutputs(outputs.logits, attention=outputs.attention)
+    def favour_own_community(edges, masks, edge_type, att):  # beta prefers aligned authors of the community
+        src, dst = edges[edge_type]
+        same = planted["community"][src] == target["community"][dst]
+        favoured = (same & ~planted["distractor"][src]).float()
+        att.final = favoured.unsqueeze(-1).expand_as(att.final) + 0.1
 
-    model.forward = oracle_forward
-    (row,) = attention_probe.attention_aucs(model, data)
+    (row,) = attention_probe.attention_aucs(with_oracle(model, favour_own_community), data)
     assert row["auc_beta_same"] == 1.0 and row["auc_beta_other"] == 0.5
     assert 0.5 < row["auc_beta"] < 1.0
