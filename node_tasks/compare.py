@@ -59,7 +59,9 @@ def default_config_path(dataset: str) -> Optional[Path]:
 def fusion_margins(rows: Sequence[Mapping], method: str = "ima", baselines=("hgt-early", "hgt-late"),
                    metrics: Sequence[str] = METRICS) -> List[Dict]:
     """How far ``method`` is ahead of each baseline: margin = difference of means, in units of the larger
-    of the two standard deviations; ``beats_by_2_std`` is ``margin > 2 * max(std)``."""
+    of the two standard deviations; ``beats_by_2_std`` is ``margin > 2 * max(std)``. With fewer than two runs of
+    either model (rows with ``n`` < 2) there is no standard deviation: ``margin_in_std`` is NaN and the verdict
+    False, not a win by "infinitely many" deviations."""
     by_name = {r["method"]: r for r in rows}
     if method not in by_name:
         return []
@@ -71,9 +73,13 @@ def fusion_margins(rows: Sequence[Mapping], method: str = "ima", baselines=("hgt
             a, b = by_name[method], by_name[base]
             margin = a[f"{metric}_mean"] - b[f"{metric}_mean"]
             spread = max(a[f"{metric}_std"], b[f"{metric}_std"])
+            if min(a.get("n", 2), b.get("n", 2)) < 2:
+                beats, in_std = False, math.nan
+            else:
+                beats = bool(margin > 2 * spread)
+                in_std = margin / spread if spread > 0 else math.copysign(math.inf, margin)
             out.append({"method": method, "baseline": base, "metric": metric, "margin": margin, "max_std": spread,
-                        "beats_by_2_std": bool(margin > 2 * spread),
-                        "margin_in_std": margin / spread if spread > 0 else math.inf})
+                        "beats_by_2_std": beats, "margin_in_std": in_std})
     return out
 
 

@@ -34,6 +34,7 @@ Beyond MAGNN (HGNN-IMA has poster images for movies, which are not available her
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -196,6 +197,52 @@ def movie_texts(movies) -> list[str]:
     return texts
 
 
+def save_text_features(path: str | Path, texts: Sequence[str], values, mask=None) -> Path:
+    """Write encoded movie texts as an ``.npz`` that ``load_imdb(text_encoder=path)`` reads back.
+
+    For features computed elsewhere (another encoder, or a machine that has the model): arrays ``texts`` (str),
+    ``values`` ``(n, dim)`` and ``mask`` ``(n,)``. Written atomically.
+    """
+    from imf_kg.io import atomic_write_bytes
+
+    values = np.asarray(values, dtype=np.float32)
+    mask = np.ones(len(texts), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if values.ndim != 2 or values.shape[0] != len(texts) or mask.shape != (len(texts),):
+        raise ToolkitError(f"save_text_features: values {values.shape} and mask {mask.shape} for {len(texts)} texts; "
+                           f"expected ({len(texts)}, dim) and ({len(texts)},)")
+    buffer = io.BytesIO()
+    np.savez(buffer, texts=np.asarray(list(texts), dtype=str), values=values, mask=mask)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_text_features(path: str | Path, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a :func:`save_text_features` file for ``texts``, matched by text (order and extra rows free).
+
+    Raises:
+        DataFormatError: unreadable file, missing arrays, or a text the file does not hold (the first is named).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored = [str(t) for t in archive["texts"]]
+            values, mask = np.asarray(archive["values"]), np.asarray(archive["mask"], dtype=bool)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataFormatError(path, None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                              "an .npz with arrays texts, values (n, dim) and mask (n,)") from None
+    if values.ndim != 2 or len(stored) != values.shape[0] or mask.shape != (len(stored),):
+        raise DataFormatError(path, None, f"texts {len(stored)}, values {values.shape}, mask {mask.shape}",
+                              "one values row and one mask entry per text")
+    row = {text: k for k, text in enumerate(stored)}
+    absent = [text for text in texts if text not in row]
+    if absent:
+        raise DataFormatError(path, None, f"no features for {len(absent)} of {len(texts)} movie texts "
+                              f"(first: {absent[0][:60]!r})", "features for every movie text (encode them again)")
+    rows = np.fromiter((row[text] for text in texts), dtype=np.int64, count=len(texts))
+    return values[rows], mask[rows]
+
+
 def _encode_text(texts: list[str], text_encoder) -> tuple[torch.Tensor, torch.Tensor]:
     if text_encoder is None or text_encoder == "default":
         from imf_kg.encoders.text import encode_texts
@@ -203,8 +250,12 @@ def _encode_text(texts: list[str], text_encoder) -> tuple[torch.Tensor, torch.Te
         encoded = encode_texts(texts, progress=False)
     elif callable(text_encoder):
         encoded = text_encoder(texts)
+    elif isinstance(text_encoder, (str, Path)) and str(text_encoder).endswith(".npz"):
+        values, mask = read_text_features(text_encoder, texts)
+        return torch.as_tensor(values).float(), torch.as_tensor(mask)
     else:
-        raise ConfigError(f"text_encoder={text_encoder!r}; expected 'default' or a callable texts -> features")
+        raise ConfigError(f"text_encoder={text_encoder!r}; expected 'default', a features .npz "
+                          f"(node_tasks.imdb.save_text_features) or a callable texts -> features")
     if hasattr(encoded, "values") and hasattr(encoded, "mask"):
         values, mask = torch.as_tensor(encoded.values), torch.as_tensor(encoded.mask)
     else:
@@ -242,7 +293,8 @@ def load_imdb(
 
     Args:
         root: folder with ``movie_metadata.csv`` (and optionally ``magnn_processed/``).
-        text_encoder: ``"default"`` (:func:`imf_kg.encoders.text.encode_texts`) or a callable
+        text_encoder: ``"default"`` (:func:`imf_kg.encoders.text.encode_texts`), the path of an ``.npz`` written
+            by :func:`save_text_features` (features encoded elsewhere, matched by text), or a callable
             ``texts -> EncodedModality | (n, dim) array``; used only when ``"text"`` is in ``modalities``.
         split: ``"magnn"`` or ``"random"``.
         seed: seed of the stratified split (when used).

@@ -166,3 +166,23 @@ def test_release_errors_name_the_file(tmp_path):
         load_hgnn_ima_release(tmp_path, "ACM")
     with pytest.raises(ToolkitError, match="neither movie_metadata.csv"):
         load_dataset(str(tmp_path / "nowhere_else"), root=tmp_path.parent)
+
+
+def test_precomputed_text_features_are_matched_by_text(tmp_path):
+    """node_tasks.imdb text features encoded elsewhere: rows found by text whatever the file's order; a text the
+    file lacks is an error naming the file; a bad file is an error, not a crash."""
+    from node_tasks import imdb
+
+    texts = ["Alien. Plot keywords: space", "Heat", "Up. Plot keywords: balloon, house"]
+    values = np.arange(12, dtype=np.float32).reshape(4, 3)  # one extra row, stored in another order
+    stored = [texts[2], "Unused", texts[0], texts[1]]
+    path = imdb.save_text_features(tmp_path / "text.npz", stored, values, mask=[True, True, False, True])
+    got, mask = imdb._encode_text(texts, str(path))
+    assert torch.equal(got, torch.as_tensor(values[[2, 3, 0]])) and mask.tolist() == [False, True, True]
+    with pytest.raises(DataFormatError, match=r"text\.npz.*no features for 1 of 2 movie texts.*'Jaws'"):
+        imdb._encode_text(["Heat", "Jaws"], path)
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(DataFormatError, match=r"bad\.npz"):
+        imdb._encode_text(texts, tmp_path / "bad.npz")
+    with pytest.raises(ToolkitError, match="values"):
+        imdb.save_text_features(tmp_path / "short.npz", texts, values)

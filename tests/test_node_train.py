@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,6 +140,9 @@ def test_fusion_margins_verdict():
     margins = {m["metric"]: m for m in fusion_margins(rows)}
     assert margins["micro_f1"]["beats_by_2_std"] is True  # 0.05 > 2 * 0.02
     assert margins["macro_f1"]["beats_by_2_std"] is False  # 0.02 < 2 * 0.02
+    one_seed = [dict(row, n=1, micro_f1_std=0.0, macro_f1_std=0.0) for row in rows]
+    for margin in fusion_margins(one_seed):  # one run each: no std, so no verdict (not "inf std")
+        assert margin["beats_by_2_std"] is False and math.isnan(margin["margin_in_std"])
 
 
 def _write_small_config(tmp_path) -> Path:
