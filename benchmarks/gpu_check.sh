@@ -52,12 +52,13 @@ all() {  # all NAME: true when no parts were named, or NAME is one of them
   [ ${#PARTS[@]} -eq 0 ] && return 0
   local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1
 }
-DEVICE=${DEVICE:-cuda} SEEDS=${SEEDS:-5} STEPS=${STEPS:-200}
+DEVICE=${DEVICE:-cuda} SEEDS=${SEEDS:-5} STEPS=${STEPS:-200}  # IMDB_MODELS, TESTS, FB_EPOCHS: see the parts
 
 # 1. the tests that need CUDA (they skip elsewhere) and the device-dependent test files around them
-all tests && part tests 120 $PY -m pytest -q -p no:cacheprovider -m "" --timeout 300 \
-  tests/test_training_device.py tests/test_encoders_structure.py tests/test_encoders_image.py \
-  tests/test_imf_model.py tests/test_scorers.py tests/test_node_layers.py
+TESTS=${TESTS:-tests/test_training_device.py tests/test_encoders_structure.py tests/test_encoders_image.py \
+tests/test_imf_model.py tests/test_scorers.py tests/test_node_layers.py}
+# shellcheck disable=SC2086
+all tests && part tests 120 $PY -m pytest -q -p no:cacheprovider -m "" --timeout 300 $TESTS
 
 # 2. IMF steps on FB15k-237 (real MiniLM features): fp32 vs bf16 autocast, then the full filtered test evaluation
 all imf-steps && part imf-steps 120 $PY benchmarks/imf_steps.py --device $DEVICE --data /tmp/data/kg/FB15k-237 \
@@ -68,7 +69,7 @@ all synthetic && part synthetic 120 $PY -m node_tasks compare --dataset syntheti
   --models ima,hgt-early,hgt-late --set train.device=$DEVICE --out "$OUT/synthetic"
 
 # 4. IMDB (real data), the same models and the MLP, 5 seeds, MiniLM text features carried from the CPU machine
-all imdb && part imdb 180 $PY -m node_tasks compare --dataset imdb --seeds $SEEDS --models ima,hgt-early,hgt-late,mlp \
+all imdb && part imdb 180 $PY -m node_tasks compare --dataset imdb --seeds $SEEDS --models ${IMDB_MODELS:-ima,hgt-early,hgt-late,mlp} \
   --set train.device=$DEVICE --set data_options.text_encoder=.gpu/imdb_text.npz --out "$OUT/imdb"
 
 # 5. IMF on FB15k-237 for a few epochs (the config's model, bf16 autocast), validation and test at the end

@@ -26,11 +26,12 @@ class FilteredMRRTask(OneToNTask):
     """1-N task whose validation is a small filtered MRR (both directions), independent of imf_kg.evaluation."""
 
     def validate(self, model):
-        queries = self.kg.queries(self.eval_split)
+        cpu_queries = self.kg.queries(self.eval_split)
+        queries = cpu_queries.to(next(model.parameters()).device)  # the model may be on CUDA (test_training_device)
         scores = model.score_tails(queries[:, 0], queries[:, 1]).float()
         target_scores = scores.gather(1, queries[:, 2:3])
-        known = self.kg.filter_index.dense(queries[:, 0], queries[:, 1])
-        known[torch.arange(len(queries)), queries[:, 2]] = False
+        known = self.kg.filter_index.dense(cpu_queries[:, 0], cpu_queries[:, 1]).to(scores.device)
+        known[torch.arange(len(queries), device=scores.device), queries[:, 2]] = False
         ranks = (scores.masked_fill(known, -math.inf) > target_scores).sum(1) + 1
         return {"mrr": float((1.0 / ranks.float()).mean()), "hits@1": float((ranks == 1).float().mean())}
 
