@@ -1,6 +1,7 @@
 """``node-tasks compare``: several models x several seeds on one dataset, reported like the poster's tables.
 
-Every model is trained with the same experiment config (sizes, optimiser, epochs), selected on validation
+Every model is trained with the same experiment config (sizes, optimiser, epochs), except for what the config's
+``per_model`` section sets for it (e.g. settings tuned per model on validation), selected on validation
 Macro-F1 and tested once; the table gives test Micro-F1 and Macro-F1 as mean ± std over seeds, next to
 the poster's numbers where the dataset is IMDB.
 """
@@ -19,7 +20,7 @@ from imf_kg.reporting import markdown_table, summarise, write_comparison
 from torch import nn
 
 from node_tasks.losses import loss_weights_for
-from node_tasks.train import MODELS, NodeExperimentConfig, build_model, run_seeds
+from node_tasks.train import MODELS, NodeExperimentConfig, build_model, config_for_model, run_seeds
 
 DEFAULT_MODELS = ("ima", "ima-cross", "ima-align", "ima-latt", "ima-lind", "hgt-early", "hgt-late", "mlp")
 METRICS = ("micro_f1", "macro_f1")
@@ -163,12 +164,14 @@ def _report(record: Dict, records: List[Dict], log) -> None:
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
     """Everything that determines a run of ``name``: the model's structure (its module tree, which names
     every layer's variant, ablation switches and sizes) and the effective loss weights. L_att's weight is
-    dropped when the model masks missing modalities, since L_att is then identically 0."""
+    dropped when the model masks missing modalities, since L_att is then identically 0. Settings given per model
+    (``per_model``) count, and so do the optimiser and training settings."""
+    config = config_for_model(config, name)
     model, ablations = build_model(name, data, config.model)
     weights = loss_weights_for(ablations, config.loss)
     if getattr(model, "missing_modality", None) == "mask":
         weights = replace(weights, attention=0.0)
-    return f"{nn.Module.__repr__(model)}|{weights}"
+    return f"{nn.Module.__repr__(model)}|{weights}|{config.optim}|{config.train}|{config.mini_batch}"
 
 
 def resolve_config(dataset: str, config_path: Optional[str], overrides: Sequence[str]) -> NodeExperimentConfig:

@@ -110,6 +110,48 @@ class NodeExperimentConfig:
     mini_batch: MiniBatchConfig = field(default_factory=MiniBatchConfig)
     paper: Dict[str, Any] = field(default_factory=dict)  # the publication and its numbers, for the report only
     notes: List[str] = field(default_factory=list)
+    # model name -> settings that model trains with instead of the shared ones, e.g. hyperparameters tuned per
+    # model on validation: {hgt-late: {optim: {lr: 0.01}, train: {epochs: 160}}}. See config_for_model.
+    per_model: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+PER_MODEL_FORBIDDEN = ("dataset", "data_options", "per_model", "paper", "notes")
+
+
+def config_for_model(config: NodeExperimentConfig, name: Optional[str] = None) -> NodeExperimentConfig:
+    """The config model ``name`` (default ``config.model.name``) trains with: the shared settings with its
+    ``per_model`` entry applied, checked against the schema like ``--set`` (a wrong key or type is a
+    :class:`ConfigError` naming it). The data and the model's name cannot be changed per model: every model of
+    a comparison sees the same graph. The result has an empty ``per_model``."""
+    from imf_kg.config import apply_overrides
+
+    name = name or config.model.name
+    unknown = sorted(set(config.per_model) - set(MODELS))
+    if unknown:
+        raise ConfigError(f"per_model names {unknown}; expected model names among {', '.join(MODELS)}")
+    settings = config.per_model.get(name) or {}
+    base = replace(config, per_model={}, model=replace(config.model, name=name))
+    if not isinstance(settings, dict):
+        raise ConfigError(f"per_model.{name}: expected a mapping of config sections, found {settings!r}")
+    forbidden = [key for key in settings if key in PER_MODEL_FORBIDDEN]
+    if forbidden or "name" in (settings.get("model") or {}):
+        raise ConfigError(f"per_model.{name} sets {forbidden or ['model.name']}; the data and the model's name are "
+                          f"shared by every model of a comparison")
+    overrides = []
+    for section, values in settings.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"per_model.{name}.{section}: expected a mapping of settings, found {values!r}")
+        overrides += [f"{section}.{key}={_yaml_value(value)}" for key, value in values.items()]
+    try:
+        return apply_overrides(base, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"per_model.{name}: {err}") from None
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...").strip()
 
 
 def build_model(name: str, data, config: Optional[ModelConfig] = None) -> Tuple[nn.Module, Tuple[str, ...]]:
@@ -328,6 +370,7 @@ def train_selected(config: NodeExperimentConfig, data, run_dir, seed: Optional[i
 
     ``prepare``, if given, is called on the freshly built model before training (diagnostics such as
     ``benchmarks/attention_probe.py --pretrain-match`` start from a modified model this way)."""
+    config = config_for_model(config)
     train_config = replace(config.train, seed=config.train.seed if seed is None else seed)
     torch.manual_seed(train_config.seed)  # the model's initial parameters depend on the seed
     model, ablations = build_model(config.model.name, data, config.model)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from imf_kg.config import load_config
+from imf_kg.errors import ConfigError
 from imf_kg.io import read_jsonl
 from node_tasks.cli import main
 from node_tasks.compare import fusion_margins
@@ -235,3 +236,33 @@ def test_every_model_runs_on_real_imdb(shared_data, tmp_path):
         loss.backward()
         assert torch.isfinite(loss)
         assert 0.0 <= task.evaluate(model, "val")["macro_f1"] <= 1.0
+
+
+def test_per_model_settings_reach_only_their_model(tmp_path):
+    """per_model: a model trains with its own settings (here 3 epochs instead of 2, and another lr), the others
+    with the shared ones; the runs record it; an entry naming no model, or touching the data, is refused."""
+    from node_tasks.compare import run_comparison, training_fingerprint
+    from node_tasks.train import config_for_model
+
+    config = load_config(_write_small_config(tmp_path), NodeExperimentConfig,
+                         ["per_model={hgt-early: {train: {epochs: 3}, optim: {lr: 0.02}}}"])
+    assert config_for_model(config, "hgt-early").train.epochs == 3
+    assert config_for_model(config, "hgt-early").optim.lr == 0.02
+    assert config_for_model(config, "ima").train.epochs == 2 and config_for_model(config, "ima").per_model == {}
+    run_comparison("synthetic", ["ima", "hgt-early"], [0], config, out_dir=tmp_path / "cmp", keep_runs=True,
+                   log=lambda *_: None)
+    trained = {m: len(read_jsonl(tmp_path / "cmp" / "runs" / m / "seed0" / "metrics.jsonl")) for m in ("ima", "hgt-early")}
+    assert trained == {"ima": 2, "hgt-early": 3}
+    assert read_jsonl(tmp_path / "cmp" / "runs" / "hgt-early" / "seed0" / "metrics.jsonl")[0]["lr"] != \
+        read_jsonl(tmp_path / "cmp" / "runs" / "ima" / "seed0" / "metrics.jsonl")[0]["lr"]
+    # with the same structure, other training settings are another computation (no reuse of runs)
+    data = small_data()
+    shared = load_config(_write_small_config(tmp_path), NodeExperimentConfig)
+    tuned = replace(shared, per_model={"ima-latt": {"optim": {"lr": 0.5}}})
+    assert training_fingerprint("ima-latt", data, shared) == training_fingerprint("ima", data, shared)
+    assert training_fingerprint("ima-latt", data, tuned) != training_fingerprint("ima", data, tuned)
+    for bad, needle in [({"hgt-erly": {"optim": {"lr": 0.1}}}, "hgt-erly"),
+                        ({"ima": {"data_options": {"seed": 3}}}, "data_options"),
+                        ({"ima": {"optim": {"lrr": 0.1}}}, r"per_model\.ima: .*lrr")]:
+        with pytest.raises(ConfigError, match=needle):
+            config_for_model(replace(shared, per_model=bad), "ima")
