@@ -134,7 +134,8 @@ def config_for_model(config: NodeExperimentConfig, name: Optional[str] = None) -
     if not isinstance(settings, dict):
         raise ConfigError(f"per_model.{name}: expected a mapping of config sections, found {settings!r}")
     forbidden = [key for key in settings if key in PER_MODEL_FORBIDDEN]
-    if forbidden or "name" in (settings.get("model") or {}):
+    model_settings = settings.get("model")
+    if forbidden or (isinstance(model_settings, dict) and "name" in model_settings):
         raise ConfigError(f"per_model.{name} sets {forbidden or ['model.name']}; the data and the model's name are "
                           f"shared by every model of a comparison")
     overrides = []

@@ -263,6 +263,7 @@ def test_per_model_settings_reach_only_their_model(tmp_path):
     assert training_fingerprint("ima-latt", data, tuned) != training_fingerprint("ima", data, tuned)
     for bad, needle in [({"hgt-erly": {"optim": {"lr": 0.1}}}, "hgt-erly"),
                         ({"ima": {"data_options": {"seed": 3}}}, "data_options"),
-                        ({"ima": {"optim": {"lrr": 0.1}}}, r"per_model\.ima: .*lrr")]:
+                        ({"ima": {"optim": {"lrr": 0.1}}}, r"per_model\.ima: .*lrr"),
+                        ({"ima": {"model": 3}}, r"per_model\.ima\.model: expected a mapping")]:
         with pytest.raises(ConfigError, match=needle):
             config_for_model(replace(shared, per_model=bad), "ima")
