@@ -45,18 +45,17 @@ def main(argv=None) -> int:
     from imf_kg.experiment import DataConfig, ExperimentConfig, prepare_data
     from imf_kg.models.imf import IMFConfig
 
-    cfg = ExperimentConfig(data=DataConfig(dataset=str(data / "kg" / "FB15k-237"), text="entity_text"),
-                           model=IMFConfig(modalities=("structure", "text")))
-    kg = prepare_data(cfg, device="cpu", progress=False)
-    text = kg.features["text"]
-    rows = text.mask.nonzero().flatten()
-    np.save(out / "fb_text.npy", text.values[rows].numpy().astype(np.float32))
-    (out / "fb_text_ids.txt").write_text("".join(kg.entity_names[int(i)] + "\n" for i in rows), encoding="utf-8")
-
-    cfg = ExperimentConfig(data=DataConfig(dataset="umls", text="names"), model=IMFConfig(modalities=("structure", "text")))
-    kg = prepare_data(cfg, device="cpu", progress=False)  # make run's data: UMLS entity names through MiniLM
-    np.save(out / "umls_text.npy", kg.features["text"].values.numpy().astype(np.float32))
-    (out / "umls_text_ids.txt").write_text("".join(name + "\n" for name in kg.entity_names), encoding="utf-8")
+    # the text features imf-kg train computes, as a matrix + id file that data.features / data.feature_ids read
+    for stem, dataset, text in (("fb", str(data / "kg" / "FB15k-237"), "entity_text"),
+                                ("umls", "umls", "names")):  # umls: make run's data, entity names through MiniLM
+        cfg = ExperimentConfig(data=DataConfig(dataset=dataset, text=text),
+                               model=IMFConfig(modalities=("structure", "text")))
+        kg = prepare_data(cfg, device="cpu", progress=False)
+        features = kg.features["text"]
+        rows = features.mask.nonzero().flatten()
+        np.save(out / f"{stem}_text.npy", features.values[rows].numpy().astype(np.float32))
+        names = "".join(kg.entity_names[int(i)] + "\n" for i in rows)
+        (out / f"{stem}_text_ids.txt").write_text(names, encoding="utf-8")
 
     from imf_kg.encoders.text import encode_texts
     from node_tasks.imdb import movie_texts, read_movies, save_text_features

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed, beside this file
 
 from imf_kg.training.device import autocast, resolve_device  # noqa: E402
 
@@ -72,13 +73,10 @@ def sync(device):
 
 
 def time_phase(kg, args, device, precision: str) -> tuple[dict, torch.nn.Module]:
-    from imf_kg.models.imf import IMF, IMFConfig
     from imf_kg.training import OneToNTask
+    from train_speed import build_model  # the same FB15k-237 model as the CPU speed benchmark
 
-    torch.manual_seed(args.seed)
-    config = IMFConfig(modalities=("structure", "text"), entity_dim=args.dim, relation_dim=args.dim,
-                       fusion_rank=args.fusion_rank, scorer_dropouts=(0.3, 0.4, 0.5), contrastive_weight=0.1)
-    model = IMF.from_kg(kg, config).to(device)
+    model = build_model(kg, args, ("structure", "text")).to(device)
     task = OneToNTask(kg, model, batch_size=args.batch_size, label_smoothing=0.1)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-4,
                                  fused=True)
@@ -122,7 +120,7 @@ def main(argv=None) -> int:
     for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
         if precision not in ("fp32", "bf16"):
             raise SystemExit(f"--precisions: expected fp32 and/or bf16, found {precision!r}")
-        model = None
+        model = None  # free the previous phase's model first: each phase's peak memory is its own
         row, model = time_phase(kg, args, device, precision)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -123,7 +123,7 @@ def config_for_model(config: NodeExperimentConfig, name: Optional[str] = None) -
     ``per_model`` entry applied, checked against the schema like ``--set`` (a wrong key or type is a
     :class:`ConfigError` naming it). The data and the model's name cannot be changed per model: every model of
     a comparison sees the same graph. The result has an empty ``per_model``."""
-    from imf_kg.config import apply_overrides
+    from imf_kg.config import config_from_dict, config_to_dict
 
     name = name or config.model.name
     unknown = sorted(set(config.per_model) - set(MODELS))
@@ -138,21 +138,15 @@ def config_for_model(config: NodeExperimentConfig, name: Optional[str] = None) -
     if forbidden or (isinstance(model_settings, dict) and "name" in model_settings):
         raise ConfigError(f"per_model.{name} sets {forbidden or ['model.name']}; the data and the model's name are "
                           f"shared by every model of a comparison")
-    overrides = []
+    data = config_to_dict(base)
     for section, values in settings.items():
         if not isinstance(values, dict):
             raise ConfigError(f"per_model.{name}.{section}: expected a mapping of settings, found {values!r}")
-        overrides += [f"{section}.{key}={_yaml_value(value)}" for key, value in values.items()]
-    try:
-        return apply_overrides(base, overrides)
-    except ConfigError as err:
-        raise ConfigError(f"per_model.{name}: {err}") from None
-
-
-def _yaml_value(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...").strip()
+        if isinstance(data.get(section), dict):
+            data[section].update(values)  # key by key, as --set section.key=value would
+        else:
+            data[section] = values  # an unknown section: the schema check below names it
+    return config_from_dict(data, NodeExperimentConfig, source=f"per_model.{name}")
 
 
 def build_model(name: str, data, config: Optional[ModelConfig] = None) -> Tuple[nn.Module, Tuple[str, ...]]:
