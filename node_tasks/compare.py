@@ -86,7 +86,8 @@ def fusion_margins(rows: Sequence[Mapping], method: str = "ima", baselines=("hgt
 
 def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], config: NodeExperimentConfig,
                    out_dir: Optional[str | Path] = None, keep_runs: bool = False, log=print,
-                   data_seeds: Optional[Sequence[int]] = None) -> Dict:
+                   data_seeds: Optional[Sequence[int]] = None, jobs: int = 1,
+                   threads_per_job: Optional[int] = None) -> Dict:
     """Train every model on every seed; write the table, plot and JSON to ``out_dir`` (when given).
 
     Args:
@@ -94,6 +95,11 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
             and train every model with every seed on each. The table then pools graphs x seeds, so its std
             includes the graph-to-graph variation, and ``graph_margins`` gives the margins graph by graph.
             None: the one graph of ``config.data_options``.
+        jobs: runs (model x seed) trained at once, each in its own worker process (1: one after another in this
+            process). Every run seeds itself, so the records are those of ``jobs=1`` with the same number of
+            threads per run, in the same order; only their timings differ.
+        threads_per_job: torch threads of each worker (default: the CPU count divided by ``jobs``, at least 1).
+            Small graphs train fastest with one thread per run and as many runs as cores.
 
     Returns {"records", "rows", "margins", "graph_margins", "table", "paths", "seconds"}; with ``data_seeds``
     every record carries its ``data_seed``.
@@ -106,6 +112,8 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
     if data_seeds is not None and (Path(dataset).name.lower() != "synthetic" or not data_seeds):
         raise ConfigError(f"data seeds {list(data_seeds)} for dataset {dataset!r}: only the generated 'synthetic' "
                           f"dataset draws a new graph per seed, and at least one is needed")
+    if int(jobs) < 1:
+        raise ConfigError(f"jobs={jobs}: expected at least 1")
     start = time.perf_counter()
     records: List[Dict] = []
     graphs = [None] if data_seeds is None else [int(d) for d in data_seeds]
@@ -117,19 +125,27 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
         if out_dir is not None and keep_runs:
             run_root = Path(out_dir) / "runs" / ("" if graph is None else f"graph{graph}")
         trained: Dict[str, str] = {}  # training fingerprint -> the first model name trained with it
+        plan = []  # (model, None) to train, or (model, source) to reuse source's records
         for name in models:
             fingerprint = training_fingerprint(name, data, config)
-            if fingerprint in trained:
-                # provably the same computation (e.g. ima-latt under hard masking, where L_att is identically 0)
-                source = trained[fingerprint]
-                same = [dict(r, method=name, same_as=source) for r in records
-                        if r["method"] == source and r.get("data_seed") == tag.get("data_seed")]
+            plan.append((name, trained.get(fingerprint)))
+            trained.setdefault(fingerprint, name)
+        to_train = [name for name, source in plan if source is None]
+        if int(jobs) == 1:
+            done = {}
+            for name in to_train:
+                run_seeds(name, data, seeds, config, run_root=run_root,
+                          on_record=lambda r: done.setdefault(r["method"], []).append(_report({**r, **tag}, log)))
+        else:
+            done = _run_parallel(to_train, seeds, data, config, run_root, int(jobs), threads_per_job,
+                                 lambda r: _report({**r, **tag}, log))
+        for name, source in plan:
+            if source is None:
+                records.extend(done[name])
+            else:  # provably the same computation (e.g. ima-latt under hard masking, where L_att is identically 0)
+                same = [dict(r, method=name, same_as=source) for r in done[source]]
                 records.extend(same)
                 log(f"{name:10s} trains exactly like {source} here; its {len(same)} records are reused")
-                continue
-            trained[fingerprint] = name
-            run_seeds(name, data, seeds, config, run_root=run_root,
-                      on_record=lambda r: _report({**r, **tag}, records, log))
     rows = summarise(records, "method", METRICS)
     references = PAPER_RESULTS.get(Path(dataset).name.lower())
     runs = f"{len(seeds)} seed(s)" if data_seeds is None else f"{len(seeds)} seed(s) x {len(graphs)} graphs"
@@ -152,13 +168,47 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
             "paths": paths, "seconds": seconds}
 
 
-def _report(record: Dict, records: List[Dict], log) -> None:
-    records.append(record)
+def _report(record: Dict, log) -> Dict:
     graph = f" graph {record['data_seed']}" if "data_seed" in record else ""
     log(f"{record['method']:10s} seed {record['seed']}{graph}: test Micro-F1 {record['micro_f1']:.4f} "
         f"Macro-F1 {record['macro_f1']:.4f} (val Macro-F1 {record.get('val_macro_f1', math.nan):.4f}, "
         f"epoch {record['best_epoch']}, {record['seconds']:.1f}s, {record.get('epoch_s', math.nan):.3f}s/epoch, "
         f"peak RSS {record.get('peak_rss_mb', math.nan):.0f} MB)")
+    return record
+
+
+_WORKER_DATA = None  # the graph of a worker process (set once per pool by _init_worker)
+
+
+def _init_worker(data, threads: int) -> None:
+    global _WORKER_DATA
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_DATA = data
+
+
+def _train_one(name: str, seed: int, config: NodeExperimentConfig, run_root) -> Dict:
+    return run_seeds(name, _WORKER_DATA, [seed], config, run_root=run_root).records[0]
+
+
+def _run_parallel(names, seeds, data, config, run_root, jobs, threads_per_job, report) -> Dict[str, List[Dict]]:
+    """Train every (model, seed) of ``names`` x ``seeds`` in ``jobs`` spawned worker processes; model -> records
+    in seed order. The graph is sent to each worker once; ``report`` sees each record as its run ends."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [(name, int(seed)) for name in names for seed in seeds]
+    results = {}
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first parallel op
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(data, threads)) as pool:
+        futures = {pool.submit(_train_one, name, seed, config, run_root): (name, seed) for name, seed in tasks}
+        for future in as_completed(futures):
+            results[futures[future]] = report(future.result())
+    return {name: [results[name, int(seed)] for seed in seeds] for name in names}
 
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:

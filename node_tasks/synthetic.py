@@ -110,6 +110,7 @@ def make_synthetic(
     same_community: float = 0.5,
     decoys: bool = False,
     aligned_match: float = 1.0,
+    orthogonal_codes: bool = False,
 ) -> HeteroData:
     """Generate the planted multimodal heterogeneous network described in the module docstring.
 
@@ -150,6 +151,12 @@ def make_synthetic(
             alone. With w = 0.5 an aligned neighbour matches its community half in every modality while a
             distractor matches fully in one: equal sums, so no linear score on concatenated modalities separates
             them (module docstring of :mod:`node_tasks.synthetic_communities`, step 6).
+        orthogonal_codes: False (default): class prototypes and identity codes are independent random unit
+            vectors, so how much two of them overlap (cosine up to 0.85 for 4 codes in 8 dimensions) is drawn
+            anew with every graph, and with it how hard the graph is. True: the rows of each modality's
+            prototypes and of its identity codes are orthonormal (a random rotation of the unit vectors), so
+            every graph of a design poses the same problem and only its noise and edges differ. Needs a
+            width >= the number of rows.
 
     Returns:
         A ``HeteroData`` that satisfies :func:`node_tasks.data.validate_hetero`.
@@ -171,10 +178,10 @@ def make_synthetic(
         return make_community_network(
             rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal, neighbour_signal,
             distractor_signal, homophily, misalignment, split, seed, communities, identity_dim, identity_signal,
-            same_community, decoys, aligned_match)
+            same_community, decoys, aligned_match, orthogonal_codes)
     if decoys or aligned_match != 1.0:
         raise ConfigError("decoys=True and aligned_match != 1 need the community design (communities >= 1)")
-    prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m])
+    prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m], orthogonal_codes)
                   for k, m in enumerate(modalities)}
     latent = {nt: rng.permutation(np.arange(n) % num_classes) for nt, n in nodes.items()}
     distractor = {nt: np.zeros(n, dtype=bool) for nt, n in nodes.items()}
@@ -283,9 +290,16 @@ def _missing_rates(nodes, target, modalities, missing_rate) -> dict[str, dict[st
     return rates
 
 
-def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
-    vectors = rng.standard_normal((rows, dim))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def _unit_rows(rng: np.random.Generator, rows: int, dim: int, orthogonal: bool = False) -> np.ndarray:
+    """``rows`` random unit vectors in R^dim; with ``orthogonal`` an orthonormal set (needs rows <= dim)."""
+    if not orthogonal:
+        vectors = rng.standard_normal((rows, dim))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    if rows > dim:
+        raise ConfigError(f"orthogonal_codes needs at most as many codes as dimensions; got {rows} codes "
+                          f"of width {dim}")
+    q, r = np.linalg.qr(rng.standard_normal((dim, rows)))
+    return (q * np.sign(np.diag(r))).T  # sign fix: a uniformly random orthonormal frame (Haar)
 
 
 def _presence_mask(rng: np.random.Generator, n: int, rate: float) -> np.ndarray:

@@ -69,7 +69,7 @@ from imf_kg.errors import ConfigError
 def make_community_network(rng, num_classes, nodes, modalities, dims, rates, degree, noise, own_signal,
                            neighbour_signal, distractor_signal, homophily, misalignment, split, seed,
                            communities, identity_dim, identity_signal, same_community, decoys=False,
-                           aligned_match=1.0) -> HeteroData:
+                           aligned_match=1.0, orthogonal_codes=False) -> HeteroData:
     """Build the community design (module docstring); arguments as in :func:`node_tasks.synthetic.make_synthetic`.
 
     Returns a ``HeteroData`` of the data contract; every modality is ``dims[m] + identity_dim`` wide.
@@ -84,9 +84,9 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
     types = list(nodes)
     target, others = types[0], types[1:]
     n_codes = communities
-    prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m])
+    prototypes = {m: _unit_rows(rng, int(modality_group(num_classes - 1, k)) + 1, dims[m], orthogonal_codes)
                   for k, m in enumerate(modalities)}
-    codes = {m: _unit_rows(rng, n_codes, identity_dim) for m in modalities}
+    codes = {m: _unit_rows(rng, n_codes, identity_dim, orthogonal_codes) for m in modalities}
     latent = {nt: rng.permutation(np.arange(n) % num_classes) for nt, n in nodes.items()}
     community = {nt: _communities(rng, latent[nt], num_classes, communities) for nt in types}  # independent of class
     shown_class = {nt: {m: latent[nt].copy() for m in modalities} for nt in types}
@@ -130,7 +130,8 @@ def make_community_network(rng, num_classes, nodes, modalities, dims, rates, deg
     note = (f"synthetic communities(seed={seed}, C={num_classes}, K={communities}, decoys={decoys}, homophily={homophily}, "
             f"same_community={same_community}, misalignment={misalignment}, own_signal={own_signal}, "
             f"neighbour_signal={neighbour_signal}, distractor_signal={distractor_signal}, "
-            f"identity_signal={identity_signal}, aligned_match={aligned_match}, noise={noise})")
+            f"identity_signal={identity_signal}, aligned_match={aligned_match}, noise={noise}"
+            f"{', orthogonal_codes=True' if orthogonal_codes else ''})")
     data = assemble(nodes, modalities, features, relations, target, labels, split, seed, num_classes, note)
     data.planted = {nt: {"latent_class": torch.as_tensor(latent[nt], dtype=torch.long),
                          "distractor": torch.as_tensor(distractor[nt]),

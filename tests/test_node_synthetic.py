@@ -161,6 +161,31 @@ def test_aligned_match_half_ties_the_sum_of_similarities_and_only_the_disagreeme
         make_synthetic(communities=1, aligned_match=0.5)
 
 
+def test_orthogonal_codes_make_every_graph_pose_the_same_geometry():
+    from node_tasks.synthetic import _unit_rows
+
+    grams = []
+    for seed in (0, 1, 2):
+        data = make_synthetic(seed=seed, orthogonal_codes=True, **OPTIONS)
+        for codes in data.planted["identity_codes"].values():
+            torch.testing.assert_close(codes @ codes.T, torch.eye(4), atol=1e-5, rtol=0)
+        random_codes = make_synthetic(seed=seed, **OPTIONS).planted["identity_codes"]["text"]
+        grams.append((random_codes @ random_codes.T - torch.eye(4)).abs().max())
+    assert max(grams) > 0.3  # the default draws overlapping codes, differently on every graph
+    # the class prototypes too: with noise 0 the class parts of two groups' aligned authors are orthogonal
+    data = make_synthetic(seed=0, noise=0.0, missing_rate=0.0, orthogonal_codes=True, **OPTIONS)
+    aligned = ~data.planted["author"]["distractor"]
+    groups = modality_group(data.planted["author"]["latent_class"].numpy(), 0)
+    x = data["author"].x_text[:, :32]
+    first, second = x[torch.as_tensor(aligned.numpy() & (groups == 0))][0], x[torch.as_tensor(aligned.numpy() & (groups == 1))][0]
+    assert abs(float(first @ second)) < 1e-4 and float(first.norm()) > 1.0
+    rng = np.random.default_rng(0)
+    rows = _unit_rows(rng, 5, 7, orthogonal=True)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(5), atol=1e-10)
+    with pytest.raises(ConfigError, match="orthogonal_codes needs at most"):
+        make_synthetic(identity_dim=2, orthogonal_codes=True, **OPTIONS)
+
+
 def test_node_counts_must_be_integers_with_a_hint_for_yaml_flow_style():
     # "{paper:600}" without a space is YAML for the key "paper:600" with no value
     with pytest.raises(ConfigError, match="space after each colon"):

@@ -267,3 +267,27 @@ def test_per_model_settings_reach_only_their_model(tmp_path):
                         ({"ima": {"model": 3}}, r"per_model\.ima\.model: expected a mapping")]:
         with pytest.raises(ConfigError, match=needle):
             config_for_model(replace(shared, per_model=bad), "ima")
+
+
+def test_compare_with_parallel_jobs_gives_the_records_of_one_at_a_time(tmp_path):
+    """--jobs 2: runs in two spawned workers, one thread each; same records, same order, reused runs still reused."""
+    from node_tasks.compare import run_comparison
+
+    config = small_config(epochs=3)
+    models, seeds = ["ima", "ima-latt", "hgt-early"], [0, 1]
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = run_comparison("synthetic", models, seeds, config, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(torch_threads)
+    lines = []
+    parallel = run_comparison("synthetic", models, seeds, config, out_dir=tmp_path / "cmp", log=lines.append,
+                              jobs=2, threads_per_job=1)
+    keys = ("method", "seed", "best_epoch", "micro_f1", "macro_f1", "val_macro_f1")
+    assert [tuple(r[k] for k in keys) for r in parallel["records"]] == [tuple(r[k] for k in keys) for r in serial["records"]]
+    assert [r["method"] for r in parallel["records"]] == ["ima", "ima", "ima-latt", "ima-latt", "hgt-early", "hgt-early"]
+    assert any("ima-latt   trains exactly like ima" in line for line in lines)
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["records"][0]["method"] == "ima"
+    with pytest.raises(ConfigError, match="jobs=0"):
+        run_comparison("synthetic", models, seeds, config, jobs=0)
