@@ -80,10 +80,12 @@ class HGTEncoder(nn.Module):
         metadata: (node types, edge types). in_dims: node type -> modality -> input width; the modalities
             listed for a type are concatenated (early fusion); a type with none gets a learned constant.
         hidden, heads, layers: HGT sizes. dropout: on the states between layers.
+        use_norm: LayerNorm per node type after every layer, as the HGT of Hu et al. (WWW 2020) has it
+            (``use_norm`` in their code, and in HGNN-IMA's layer, spec 3.10); torch_geometric's ``HGTConv`` has none.
     """
 
     def __init__(self, metadata, in_dims: Dict[str, Dict[str, int]], hidden: int, heads: int, layers: int,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, use_norm: bool = False):
         super().__init__()
         node_types = list(metadata[0])
         edge_types = [tuple(e) for e in metadata[1]]
@@ -91,19 +93,27 @@ class HGTEncoder(nn.Module):
         self.projections = nn.ModuleDict({nt: ConcatLinear(in_dims.get(nt, {}), hidden) for nt in node_types})
         self.convs = nn.ModuleList([VectorisedHGTConv(hidden, hidden, (node_types, edge_types), heads=heads)
                                     for _ in range(layers)])
+        self.norms = nn.ModuleList([nn.ModuleDict({nt: nn.LayerNorm(hidden) for nt in node_types}) for _ in range(layers)]) \
+            if use_norm else None
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
-        for module in list(self.projections.values()) + list(self.convs):
-            module.reset_parameters()
+        for module in list(self.projections.values()) + list(self.convs) + list(self.norms or []):
+            if isinstance(module, nn.ModuleDict):
+                for norm in module.values():
+                    norm.reset_parameters()
+            else:
+                module.reset_parameters()
 
     def forward(self, x_dict, mask_dict, edge_index_dict) -> Dict[str, Tensor]:
         """x_dict / mask_dict: node type -> modality -> (n, d_m) / (n,) bool -> node type -> (n, hidden)."""
         h = {nt: torch.tanh(self.projections[nt](x_dict[nt], mask_dict[nt], _num_nodes(x_dict[nt])))
              for nt in self.node_types if nt in x_dict}
         edges = {et: ei for et, ei in edge_index_dict.items() if tuple(et) in self.edge_types}
-        for conv in self.convs:
+        for k, conv in enumerate(self.convs):
             new = conv(h, edges)
+            if self.norms is not None:
+                new = {nt: self.norms[k][nt](x) if x is not None else None for nt, x in new.items()}
             # HGTConv returns None for a type that receives no message: keep its previous state
             h = {nt: self.dropout(new[nt]) if new.get(nt) is not None else h[nt] for nt in h}
         return h
@@ -117,11 +127,11 @@ class HGTEarlyFusion(nn.Module):
     """HGT early fusion: every node's modalities are concatenated, then one HGT and a linear classifier."""
 
     def __init__(self, metadata, in_dims: Dict[str, Dict[str, int]], hidden: int, heads: int, layers: int,
-                 num_classes: int, target_node_type: str, dropout: float = 0.2):
+                 num_classes: int, target_node_type: str, dropout: float = 0.2, use_norm: bool = False):
         super().__init__()
         self.target_node_type = target_node_type
         self.in_dims = {nt: in_dims.get(nt, {}) for nt in metadata[0]}
-        self.encoder = HGTEncoder(metadata, self.in_dims, hidden, heads, layers, dropout)
+        self.encoder = HGTEncoder(metadata, self.in_dims, hidden, heads, layers, dropout, use_norm)
         self.classifier = nn.Linear(hidden, num_classes)
 
     @classmethod
@@ -143,7 +153,7 @@ class HGTLateFusion(nn.Module):
     """
 
     def __init__(self, metadata, in_dims: Dict[str, Dict[str, int]], hidden: int, heads: int, layers: int,
-                 num_classes: int, target_node_type: str, dropout: float = 0.2):
+                 num_classes: int, target_node_type: str, dropout: float = 0.2, use_norm: bool = False):
         super().__init__()
         self.target_node_type = target_node_type
         self.modalities = list(in_dims[target_node_type])
@@ -152,7 +162,7 @@ class HGTLateFusion(nn.Module):
         self.in_dims = {nt: in_dims.get(nt, {}) for nt in metadata[0]}
         self.encoders = nn.ModuleDict({
             m: HGTEncoder(metadata, {nt: {m: self.in_dims[nt][m]} if m in self.in_dims[nt] else {} for nt in metadata[0]},
-                          hidden, heads, layers, dropout)
+                          hidden, heads, layers, dropout, use_norm)
             for m in self.modalities
         })
         self.classifiers = nn.ModuleDict({m: nn.Linear(hidden, num_classes) for m in self.modalities})

@@ -201,13 +201,20 @@ def _run_parallel(names, seeds, data, config, run_root, jobs, threads_per_job, r
 
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
     tasks = [(name, int(seed)) for name in names for seed in seeds]
+    if not tasks:
+        return {}
     results = {}
     # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first parallel op
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(data, threads)) as pool:
         futures = {pool.submit(_train_one, name, seed, config, run_root): (name, seed) for name, seed in tasks}
-        for future in as_completed(futures):
-            results[futures[future]] = report(future.result())
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = report(future.result())
+        except BaseException:  # a failed run (its error is re-raised here) stops the runs not yet started
+            for future in futures:
+                future.cancel()
+            raise
     return {name: [results[name, int(seed)] for seed in seeds] for name in names}
 
 

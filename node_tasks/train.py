@@ -54,7 +54,7 @@ class ModelConfig:
     """Model sizes and HGNN-IMA options (spec 6: the published IMDB run used hidden 64, 8 heads, 3 layers).
 
     ``variant``, ``missing_modality``, ``input_projection``, ``gate_dropout`` and ``ablations`` only
-    apply to HGNN-IMA; the baselines use ``hidden``, ``heads``, ``layers`` and ``dropout``.
+    apply to HGNN-IMA; the baselines use ``hidden``, ``heads``, ``layers``, ``dropout`` and ``baseline_norm``.
     """
 
     name: str = "ima"
@@ -69,6 +69,7 @@ class ModelConfig:
     ablations: Tuple[str, ...] = ()
     final_attention: str = "softmax"
     temperature: Optional[float] = None  # factor on g in alpha and gamma; None: the variant's (1 or 100)
+    baseline_norm: bool = False  # HGT baselines: LayerNorm after every HGTConv (Hu et al.'s use_norm)
 
 
 @dataclass
@@ -165,7 +166,8 @@ def build_model(name: str, data, config: Optional[ModelConfig] = None) -> Tuple[
             final_attention=fixed.get("final_attention", config.final_attention),
             temperature=config.temperature)
         return model, model.ablations
-    graph_kwargs = dict(hidden=config.hidden, heads=config.heads, layers=config.layers, dropout=config.dropout)
+    graph_kwargs = dict(hidden=config.hidden, heads=config.heads, layers=config.layers, dropout=config.dropout,
+                        use_norm=config.baseline_norm)
     if kind == "hgt-early":
         return HGTEarlyFusion.from_data(data, **graph_kwargs), ()
     if kind == "hgt-late":

@@ -119,6 +119,28 @@ def test_hgt_baselines_run_and_train(cls):
         torch.testing.assert_close(out.logits, expected)
 
 
+@pytest.mark.parametrize("cls", [HGTEarlyFusion, HGTLateFusion])
+def test_hgt_baselines_layer_norm_normalises_every_layer_and_trains(cls):
+    """use_norm (Hu et al.'s HGT): a LayerNorm per node type after every HGTConv; off, the states are not normalised."""
+    data = tiny_graph(seed=2)
+    x, edges, masks = graph_inputs(data)
+    torch.manual_seed(0)
+    model = cls.from_data(data, hidden=16, heads=2, layers=2, use_norm=True).eval()
+    encoder = model.encoder if cls is HGTEarlyFusion else model.encoders["text"]
+    states = encoder(x, masks, edges)["movie"]
+    torch.testing.assert_close(states.mean(-1), torch.zeros(len(states)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(states.var(-1, unbiased=False), torch.ones(len(states)), atol=1e-3, rtol=0)
+    torch.manual_seed(0)
+    plain = cls.from_data(data, hidden=16, heads=2, layers=2).eval()
+    plain_states = (plain.encoder if cls is HGTEarlyFusion else plain.encoders["text"])(x, masks, edges)["movie"]
+    assert plain_states.mean(-1).abs().max() > 1e-3
+    assert not any("norms" in n for n, _ in plain.named_parameters())
+    model.train()
+    F.cross_entropy(model(x, edges, masks).logits, data["movie"].y).backward()
+    normed = [n for n, p in model.named_parameters() if "norms" in n and p.grad is not None and p.grad.abs().sum() > 0]
+    assert any(n.endswith("movie.weight") for n in normed)
+
+
 def test_mlp_uses_only_the_nodes_own_features():
     data = tiny_graph(seed=3)
     model = FeatureMLP.from_data(data, hidden=8, layers=2).eval()

@@ -291,3 +291,22 @@ def test_compare_with_parallel_jobs_gives_the_records_of_one_at_a_time(tmp_path)
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["records"][0]["method"] == "ima"
     with pytest.raises(ConfigError, match="jobs=0"):
         run_comparison("synthetic", models, seeds, config, jobs=0)
+
+
+def test_baseline_norm_reaches_the_hgt_baselines_only():
+    data = small_data()
+    for name in ("hgt-early", "hgt-late"):
+        model, _ = build_model(name, data, ModelConfig(name=name, hidden=8, heads=2, layers=2, baseline_norm=True))
+        assert any("norms" in n for n, _ in model.named_parameters())
+        plain, _ = build_model(name, data, ModelConfig(name=name, hidden=8, heads=2, layers=2))
+        assert not any("norms" in n for n, _ in plain.named_parameters())
+    mlp, _ = build_model("mlp", data, ModelConfig(name="mlp", hidden=8, layers=2, baseline_norm=True))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in mlp.modules())
+
+
+def test_compare_with_parallel_jobs_reports_a_workers_error():
+    from node_tasks.compare import run_comparison
+
+    config = replace(small_config(epochs=2), optim=OptimConfig(lr=0.01, schedule="no-such-schedule"))
+    with pytest.raises(ConfigError, match="no-such-schedule"):
+        run_comparison("synthetic", ["ima", "hgt-early"], [0, 1], config, jobs=2, threads_per_job=1, log=lambda *_: None)
