@@ -288,6 +288,7 @@ def load_imdb(
     drop_rule: str = "regnn",
     numeric_stats: str = "train",
     max_keywords: int | None = None,
+    person_text: str = "none",
 ) -> HeteroData:
     """Load IMDB as a contract ``HeteroData`` (see the module docstring for every choice).
 
@@ -303,6 +304,10 @@ def load_imdb(
         numeric_stats: ``"train"`` or ``"all"`` (standardisation statistics of the numeric modality).
         max_keywords: keep only the most frequent keyword columns (by document frequency; ties by
             vocabulary order) to save memory; None keeps MAGNN's full vocabulary (3,065 columns).
+        person_text: ``"none"`` (default): only movies have text. ``"movie_mean"``: a director's or actor's text
+            features are the mean of their movies' (MAGNN's rule for the keyword bag, applied to the text
+            modality), so text is shared along every edge, as in HGNN-IMA's release, where directors and actors
+            carry copies of their keyword features as a second modality (spec 1.1).
 
     Returns:
         HeteroData with node types movie (target), director, actor and edge types
@@ -315,6 +320,8 @@ def load_imdb(
         raise ConfigError(f"modalities={list(modalities)}; expected some of {list(MODALITIES)}")
     if split not in ("magnn", "random"):
         raise ConfigError(f"split={split!r}; expected 'magnn' or 'random'")
+    if person_text not in ("none", "movie_mean"):
+        raise ConfigError(f"person_text={person_text!r}; expected 'none' or 'movie_mean'")
     movies, labels = read_movies(root / "movie_metadata.csv", drop_rule)
     directors, actors = people(movies)
     counts = {"movie": len(movies), "director": len(directors), "actor": len(actors)}
@@ -350,7 +357,18 @@ def load_imdb(
         notes.append(f"numeric: standardised with {numeric_stats} statistics; directors/actors have none")
     if "text" in modalities:
         features["movie"]["text"] = _encode_text(movie_texts(movies), text_encoder)
-        notes.append("text: title + plot keywords, movies only (directors/actors have no text)")
+        if person_text == "movie_mean":
+            values, mask = features["movie"]["text"]
+            present = values * mask.unsqueeze(-1).to(values.dtype)
+            for nt, edges, n in (("director", directed, len(directors)), ("actor", starring, len(actors))):
+                summed = person_keyword_means(sp.csr_matrix(present.numpy()), edges, n)
+                counted = person_keyword_means(sp.csr_matrix(mask.numpy()[:, None].astype(np.float64)), edges, n)
+                share = np.asarray(counted.todense()).ravel()  # fraction of the person's movies with text
+                mean = np.asarray(summed.todense()) / np.maximum(share, 1e-12)[:, None]
+                features[nt]["text"] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(share > 0))
+            notes.append("text: title + plot keywords; a director's / actor's text is the mean of their movies'")
+        else:
+            notes.append("text: title + plot keywords, movies only (directors/actors have no text)")
     relations = {("movie", "directed_by", "director"): ("directs", torch.as_tensor(directed)),
                  ("movie", "stars", "actor"): ("acts_in", torch.as_tensor(starring))}
     data = build_hetero(counts, list(modalities), features, relations, "movie", torch.as_tensor(labels),

@@ -94,6 +94,31 @@ def test_load_imdb_follows_the_contract_with_magnn_split(imdb_root):
     assert "movie" in describe_hetero(data)
 
 
+def test_person_text_is_the_mean_of_their_movies_text(imdb_root):
+    def encoder(texts):  # movie 0 gets no text, so a person's mean must skip it
+        values = fake_text_encoder(texts)
+        mask = np.ones(len(texts), dtype=bool)
+        mask[0] = False
+        return type("Encoded", (), {"values": values, "mask": mask})()
+
+    data = validate_hetero(imdb.load_imdb(imdb_root, text_encoder=encoder, modalities=("text",), person_text="movie_mean"))
+    movie_text, movie_mask = data["movie"].x_text, data["movie"].mask_text
+    edges = data["movie", "stars", "actor"].edge_index
+    for actor in (0, 17, int(edges[1, edges[0] == 0][0])):
+        movies = edges[0, edges[1] == actor]
+        movies = movies[movie_mask[movies]]
+        assert bool(data["actor"].mask_text[actor]) == (len(movies) > 0)
+        if len(movies):
+            torch.testing.assert_close(data["actor"].x_text[actor], movie_text[movies].mean(0))
+    director_of_0 = int(data["movie", "directed_by", "director"].edge_index[1, 0])
+    assert data["director"].mask_text.float().mean() > 0.99
+    assert any("mean of their movies" in note for note in data.notes)
+    plain = imdb.load_imdb(imdb_root, text_encoder=fake_text_encoder, modalities=("text",))
+    assert not plain["director"].mask_text[director_of_0]
+    with pytest.raises(imdb.ConfigError, match="person_text"):
+        imdb.load_imdb(imdb_root, modalities=("numeric",), person_text="names")
+
+
 def test_magnn_drop_rule_has_the_original_counts_and_a_stratified_split(imdb_root):
     data = validate_hetero(imdb.load_imdb(imdb_root, modalities=("numeric",), drop_rule="magnn", seed=5))
     assert [data[nt].num_nodes for nt in ("movie", "director", "actor")] == [4278, 2081, 5257]
