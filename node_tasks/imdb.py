@@ -157,13 +157,28 @@ def keyword_bag(keywords: Sequence[str | float], min_df: int = 2) -> tuple[sp.cs
     return counts, vocabulary
 
 
+def _mean_over_movies(edges: np.ndarray, num_people: int, num_movies: int) -> sp.csr_matrix:
+    """``(num_people, num_movies)``: row p holds 1/deg(p) at each movie linked to p (duplicate edges once)."""
+    pairs = np.unique(edges.T, axis=0) if edges.size else np.zeros((0, 2), dtype=np.int64)
+    incidence = sp.csr_matrix((np.ones(len(pairs)), (pairs[:, 1], pairs[:, 0])), shape=(num_people, num_movies))
+    degree = np.asarray(incidence.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.maximum(degree, 1)) @ incidence
+
+
 def person_keyword_means(movie_bag: sp.csr_matrix, edges: np.ndarray, num_people: int) -> sp.csr_matrix:
     """Each person's keyword vector = mean of the vectors of the movies they are linked to (MAGNN)."""
-    pairs = np.unique(edges.T, axis=0) if edges.size else np.zeros((0, 2), dtype=np.int64)
-    incidence = sp.csr_matrix((np.ones(len(pairs)), (pairs[:, 1], pairs[:, 0])),
-                              shape=(num_people, movie_bag.shape[0]))
-    degree = np.asarray(incidence.sum(axis=1)).ravel()
-    return sp.diags(1.0 / np.maximum(degree, 1)) @ incidence @ movie_bag
+    return _mean_over_movies(edges, num_people, movie_bag.shape[0]) @ movie_bag
+
+
+def person_text_means(values: torch.Tensor, mask: torch.Tensor, edges: np.ndarray,
+                      num_people: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each person's text features = mean over their movies that HAVE text; mask: at least one such movie."""
+    mean = _mean_over_movies(edges, num_people, len(values))
+    present = sp.csr_matrix(mask.numpy()[:, None].astype(np.float64))
+    share = np.asarray((mean @ present).todense()).ravel()  # fraction of the person's movies with text
+    summed = mean @ sp.csr_matrix((values * mask.unsqueeze(-1).to(values.dtype)).numpy())
+    features = np.asarray(summed.todense()) / np.maximum(share, 1e-12)[:, None]
+    return torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(share > 0)
 
 
 def numeric_features(movies, train_rows: np.ndarray, stats: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -358,14 +373,8 @@ def load_imdb(
     if "text" in modalities:
         features["movie"]["text"] = _encode_text(movie_texts(movies), text_encoder)
         if person_text == "movie_mean":
-            values, mask = features["movie"]["text"]
-            present = values * mask.unsqueeze(-1).to(values.dtype)
             for nt, edges, n in (("director", directed, len(directors)), ("actor", starring, len(actors))):
-                summed = person_keyword_means(sp.csr_matrix(present.numpy()), edges, n)
-                counted = person_keyword_means(sp.csr_matrix(mask.numpy()[:, None].astype(np.float64)), edges, n)
-                share = np.asarray(counted.todense()).ravel()  # fraction of the person's movies with text
-                mean = np.asarray(summed.todense()) / np.maximum(share, 1e-12)[:, None]
-                features[nt]["text"] = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(share > 0))
+                features[nt]["text"] = person_text_means(*features["movie"]["text"], edges, n)
             notes.append("text: title + plot keywords; a director's / actor's text is the mean of their movies'")
         else:
             notes.append("text: title + plot keywords, movies only (directors/actors have no text)")
