@@ -98,12 +98,9 @@ class HGTEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
-        for module in list(self.projections.values()) + list(self.convs) + list(self.norms or []):
-            if isinstance(module, nn.ModuleDict):
-                for norm in module.values():
-                    norm.reset_parameters()
-            else:
-                module.reset_parameters()
+        norms = [norm for layer in (self.norms or []) for norm in layer.values()]
+        for module in list(self.projections.values()) + list(self.convs) + norms:
+            module.reset_parameters()
 
     def forward(self, x_dict, mask_dict, edge_index_dict) -> Dict[str, Tensor]:
         """x_dict / mask_dict: node type -> modality -> (n, d_m) / (n,) bool -> node type -> (n, hidden)."""

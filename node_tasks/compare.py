@@ -112,7 +112,8 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
     if data_seeds is not None and (Path(dataset).name.lower() != "synthetic" or not data_seeds):
         raise ConfigError(f"data seeds {list(data_seeds)} for dataset {dataset!r}: only the generated 'synthetic' "
                           f"dataset draws a new graph per seed, and at least one is needed")
-    if int(jobs) < 1:
+    jobs = int(jobs)
+    if jobs < 1:
         raise ConfigError(f"jobs={jobs}: expected at least 1")
     start = time.perf_counter()
     records: List[Dict] = []
@@ -131,13 +132,13 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
             plan.append((name, trained.get(fingerprint)))
             trained.setdefault(fingerprint, name)
         to_train = [name for name, source in plan if source is None]
-        if int(jobs) == 1:
+        if jobs == 1:
             done = {}
             for name in to_train:
                 run_seeds(name, data, seeds, config, run_root=run_root,
                           on_record=lambda r: done.setdefault(r["method"], []).append(_report({**r, **tag}, log)))
         else:
-            done = _run_parallel(to_train, seeds, data, config, run_root, int(jobs), threads_per_job,
+            done = _run_parallel(to_train, seeds, data, config, run_root, jobs, threads_per_job,
                                  lambda r: _report({**r, **tag}, log))
         for name, source in plan:
             if source is None:
