@@ -17,8 +17,8 @@ from node_tasks.cli import main
 from node_tasks.compare import fusion_margins
 from node_tasks.synthetic import make_synthetic
 from node_tasks.train import (MODELS, ModelConfig, NodeClassificationTask, NodeExperimentConfig, OptimConfig,
-                              TorchNeighborSampler, build_model, build_optimizer, make_neighbor_loader, run_seeds,
-                              train_and_test)
+                              TorchNeighborSampler, build_model, build_optimizer, config_for_model,
+                              make_neighbor_loader, run_seeds, train_and_test)
 from node_tasks.losses import NodeClassificationLoss
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "hgnn_ima").glob("*.yaml"))
@@ -132,6 +132,12 @@ def test_shipped_configs_load_and_build(path):
     assert config.paper.get("citation") or config.notes  # every config names its source
     model, _ = build_model(config.model.name, small_data(), replace(config.model, hidden=16, heads=2))
     assert sum(p.numel() for p in model.parameters()) > 0
+    for name, settings in config.per_model.items():  # every per-model entry resolves against the schema and builds
+        resolved = config_for_model(config, name)
+        for key, value in settings.get("model", {}).items():
+            assert getattr(resolved.model, key) == value
+        model, _ = build_model(name, small_data(), replace(resolved.model, hidden=16, heads=2))
+        assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_fusion_margins_verdict():
