@@ -11,7 +11,12 @@ Conversions are strict (an integer field refuses ``2.5`` and ``"2"``; a string f
 two exceptions: an integer is accepted for a float field, and a string that spells a number is accepted for
 a float field, because PyYAML reads ``1e-3`` (no dot) as a string.
 
-Round trip: ``load_config(save_config(cfg, path), type(cfg)) == cfg``.
+A file may start from another with a top-level ``base: other.yaml`` (relative to its folder): the base is
+loaded first and the file's keys are laid over it, sections merging key by key (``load_config``). A variant
+of a config then holds only what differs, e.g. ``configs/hgnn_ima/imdb_tuned.yaml``.
+
+Round trip: ``load_config(save_config(cfg, path), type(cfg)) == cfg`` (the saved file is the resolved
+config, with no ``base``).
 """
 
 from __future__ import annotations
@@ -39,12 +44,30 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 64
 MAX_INDENT = 512
 MAX_EXPANDED_NODES = 100_000
+BASE_KEY = "base"  # top-level key of a config that starts from another file (``load_config``)
+MAX_BASE_DEPTH = 16
 
 
 # ------------------------------------------------------------------------------------------------ public
 def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()) -> T:
-    """Read the YAML file ``path`` into an instance of the dataclass ``schema``, then apply ``overrides``."""
+    """Read the YAML file ``path`` into an instance of the dataclass ``schema``, then apply ``overrides``.
+
+    A file may start from another: a top-level ``base: other.yaml`` (a path relative to the file's folder)
+    loads ``other.yaml`` first (itself possibly with a base) and lays the file's own keys over it. Sections
+    (mappings) merge key by key, at every depth; any other value, lists included, replaces the base's. An
+    error in a key names the file and line the key came from, the base file's for an inherited key.
+    """
     path = Path(path)
+    data, lines = _read_with_bases(path, ())
+    try:
+        instance = config_from_dict({} if data is None else data, schema, source=str(path), lines=lines)
+    except RecursionError:
+        raise ConfigError(f"{path}: a recursive YAML alias; expected plain values") from None
+    return apply_overrides(instance, overrides)
+
+
+def _read_document(path: Path) -> tuple[Any, dict[KeyPath, tuple[str, int]]]:
+    """Parse one YAML config file: (its data, ``{key path: (file, line)}``); no base resolution."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; expected a YAML file")
     raw = path.read_bytes()
@@ -76,12 +99,56 @@ def load_config(path: str | Path, schema: type[T], overrides: Iterable[str] = ()
         # PyYAML's constructors raise these for a bad scalar under an explicit tag (!!int x, !!timestamp ...)
         raise ConfigError(f"{path}: invalid YAML value ({type(err).__name__}: {_one_line(err)}); "
                           "expected plain YAML scalars") from None
-    try:
-        lines = _key_lines(node, str(path)) if node is not None else {}
-        instance = config_from_dict({} if data is None else data, schema, source=str(path), lines=lines)
-    except RecursionError:
-        raise ConfigError(f"{path}: a recursive YAML alias; expected plain values") from None
-    return apply_overrides(instance, overrides)
+    lines = _key_lines(node, str(path)) if node is not None else {}
+    return data, {key: (str(path), line) for key, line in lines.items()}
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[Any, dict[KeyPath, tuple[str, int]]]:
+    """``_read_document`` with the file's ``base:`` chain resolved and merged under it (see ``load_config``)."""
+    data, lines = _read_document(path)
+    if not isinstance(data, dict) or BASE_KEY not in data:
+        return data, lines
+    data = dict(data)
+    reference = data.pop(BASE_KEY)
+    where = f"{path}:{lines.pop((BASE_KEY,))[1]}: {BASE_KEY}"
+    if not isinstance(reference, str) or not reference.strip():
+        raise ConfigError(f"{where}: expected the path of a YAML config file (relative to {path.parent}), "
+                          f"found {_describe_value(reference)}")
+    base_path = path.parent / reference
+    here = path.resolve()
+    visited = (*chain, here)
+    if base_path.resolve() in visited:
+        loop = " -> ".join(str(p) for p in (*visited, base_path.resolve()))
+        raise ConfigError(f"{where}: {reference!r} is already in the chain of bases ({loop}); "
+                          "expected bases that do not lead back to a file that uses them")
+    if len(visited) > MAX_BASE_DEPTH:
+        raise ConfigError(f"{where}: more than {MAX_BASE_DEPTH} bases in a chain; expected a short chain")
+    if not base_path.is_file():
+        raise ConfigError(f"{where}: no such config file {str(base_path)!r}; expected a YAML file, "
+                          f"its path relative to the folder of {path.name}")
+    base_data, base_lines = _read_with_bases(base_path, visited)
+    if base_data is None:
+        base_data = {}
+    if not isinstance(base_data, dict):
+        raise ConfigError(f"{where}: {base_path} holds {_describe_value(base_data)}; "
+                          "expected a base config that is a YAML mapping")
+    replaced: list[KeyPath] = []
+    merged = _merge_mappings(base_data, data, (), replaced)
+    kept = {key: at for key, at in base_lines.items() if not any(key[:len(r)] == r for r in replaced)}
+    return merged, {**kept, **lines}
+
+
+def _merge_mappings(base: dict, own: dict, path: KeyPath, replaced: list[KeyPath]) -> dict:
+    """``own`` laid over ``base``: mappings merge key by key; any other value replaces (its path to ``replaced``)."""
+    merged = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_mappings(merged[key], value, path + (key,), replaced)
+        else:
+            if key in merged:
+                replaced.append(path + (key,))
+            merged[key] = value
+    return merged
 
 
 def config_from_dict(data: Any, schema: type[T], source: str = "<config>", lines: dict | None = None) -> T:
@@ -223,18 +290,21 @@ def save_config(instance: Any, path: str | Path) -> Path:
 class _Converter:
     """Converts parsed YAML to schema types; knows the source name and the line of each key for errors."""
 
-    def __init__(self, source: str, lines: dict[KeyPath, int]):
+    def __init__(self, source: str, lines: dict[KeyPath, int | tuple[str, int]]):
         self.source = source
-        self.lines = lines
+        self.lines = lines  # a line of ``source``, or (file, line) where keys come from several files (bases)
 
     def fail(self, path: KeyPath, message: str) -> ConfigError:
         line = self._line_of(path)
-        where = f"{self.source}:{line}" if line else self.source
+        if isinstance(line, tuple):
+            where = f"{line[0]}:{line[1]}"
+        else:
+            where = f"{self.source}:{line}" if line else self.source
         error = ConfigError(f"{where}: {_dotted(path) or '(top level)'}: {message}")
         error.key_path = path
         return error
 
-    def _line_of(self, path: KeyPath) -> int | None:
+    def _line_of(self, path: KeyPath) -> int | tuple[str, int] | None:
         while path:
             if path in self.lines:
                 return self.lines[path]

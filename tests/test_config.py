@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import re
+
 import pytest
 
 from imf_kg.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
@@ -153,3 +155,80 @@ def test_nan_is_refused_for_a_float_setting(tmp_path):
     path.write_text("optim:\n  lr: .nan\n")
     with pytest.raises(ConfigError, match=r"nan\.yaml:2: optim\.lr: expected a number"):
         load_config(path, ExperimentConfig)
+
+
+# ------------------------------------------------------------------------------------------ base: inheritance
+BASE_TEXT = """\
+data:
+  dataset: umls
+  modalities: {text: 0.5, image: 0.25}
+model:
+  name: tucker
+  dim: 64
+  hidden: [4, 2]
+notes: from the base
+"""
+
+
+def test_a_base_file_is_loaded_first_and_the_file_laid_over_it(tmp_path):
+    write(tmp_path, BASE_TEXT, "base.yaml")
+    (tmp_path / "variants").mkdir()
+    child = write(tmp_path, "base: ../base.yaml\nmodel:\n  dim: 8\n  hidden: [1]\ndata:\n  modalities: {text: 1.0}\n",
+                  "variants/child.yaml")
+    loaded = load_config(child, Experiment)
+    assert loaded.model.name == "tucker"  # inherited from the base's section
+    assert loaded.model.dim == 8  # the file's own value wins
+    assert loaded.model.hidden == [1]  # a list replaces, it is not merged
+    assert loaded.data.dataset == "umls"
+    assert loaded.data.modalities == {"text": 1.0, "image": 0.25}  # mappings merge key by key
+    assert loaded.notes == "from the base"
+    # the resolved config round-trips without its base
+    saved = save_config(loaded, tmp_path / "saved.yaml")
+    assert "base:" not in saved.read_text()
+    assert load_config(saved, Experiment) == loaded
+
+
+def test_bases_chain_and_overrides_apply_last(tmp_path):
+    write(tmp_path, BASE_TEXT, "a.yaml")
+    write(tmp_path, "base: a.yaml\nmodel: {dim: 16}\nnotes: b\n", "b.yaml")
+    c = write(tmp_path, "base: b.yaml\nnotes: c\n", "c.yaml")
+    loaded = load_config(c, Experiment, ["model.dim=2"])
+    assert (loaded.model.name, loaded.model.dim, loaded.notes) == ("tucker", 2, "c")
+    assert load_config(c, Experiment).model.dim == 16
+
+
+def test_an_error_in_an_inherited_key_names_the_base_file_and_line(tmp_path):
+    base = write(tmp_path, BASE_TEXT.replace("dim: 64", "dim: sixty-four"), "base.yaml")
+    child = write(tmp_path, "base: base.yaml\nnotes: child\n", "child.yaml")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(base))}:6: model\.dim: expected an integer"):
+        load_config(child, Experiment)
+    # the same key set in the child: the child's value replaces it, and an error in it names the child
+    child.write_text("base: base.yaml\n\nmodel:\n  dim: ten\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(child))}:4: model\.dim: expected an integer"):
+        load_config(child, Experiment)
+    child.write_text("base: base.yaml\nmodel:\n  size: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(child))}:3: model\.size: unknown key"):
+        load_config(child, Experiment)
+
+
+@pytest.mark.parametrize("base_line, message", [
+    ("base: missing.yaml", r"child\.yaml:1: base: no such config file .*missing\.yaml"),
+    ("base: 3", r"child\.yaml:1: base: expected the path of a YAML config file .*found integer 3"),
+    ("base: child.yaml", r"child\.yaml:1: base: 'child\.yaml' is already in the chain of bases"),
+    ("base: loop.yaml", r"loop\.yaml:1: base: 'child\.yaml' is already in the chain of bases"),
+    ("base: list.yaml", r"child\.yaml:1: base: .*list\.yaml holds list; expected a base config that is a YAML mapping"),
+])
+def test_bad_bases_are_refused_naming_file_and_line(tmp_path, base_line, message):
+    write(tmp_path, "base: child.yaml\n", "loop.yaml")
+    write(tmp_path, "- 1\n- 2\n", "list.yaml")
+    child = write(tmp_path, base_line + "\ndata: {dataset: umls}\n", "child.yaml")
+    with pytest.raises(ConfigError, match=message):
+        load_config(child, Experiment)
+
+
+def test_a_too_long_chain_of_bases_is_refused(tmp_path):
+    for i in range(20):
+        write(tmp_path, f"base: c{i + 1}.yaml\n" if i < 19 else BASE_TEXT, f"c{i}.yaml")
+    with pytest.raises(ConfigError, match=r"base: more than 16 bases in a chain"):
+        load_config(tmp_path / "c0.yaml", Experiment)
+    assert load_config(tmp_path / "c10.yaml", Experiment).model.dim == 64
