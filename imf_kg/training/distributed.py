@@ -130,20 +130,31 @@ def init_distributed(device: str | torch.device = "auto", timeout_s: float | Non
     return True
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(synchronise: bool = True) -> None:
+    """Leave the process group. With ``synchronise`` every rank first waits for the others (a barrier), so that
+    no rank tears its connections down while a peer still talks to it: gloo's transport threads can abort a
+    process at exit ("terminate called without an active exception") when a peer vanishes mid-exchange. Pass
+    ``synchronise=False`` on an error path, where a peer may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def distributed_session(device: str | torch.device = "auto"):
-    """``init_distributed`` on entry and, if it started the group, ``shutdown_distributed`` on exit."""
+    """``init_distributed`` on entry and, if it started the group, ``shutdown_distributed`` on exit (with the
+    closing barrier only when the body finished without an error)."""
     started = init_distributed(device)
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         if started:
-            shutdown_distributed()
+            shutdown_distributed(synchronise=not failed)
 
 
 def local_device(device: torch.device) -> torch.device:
