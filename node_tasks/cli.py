@@ -3,6 +3,7 @@
     node-tasks train --config configs/hgnn_ima/synthetic.yaml [--set model.hidden=32] [--run-dir DIR]
     torchrun --nproc_per_node N -m node_tasks train --config ...     (data-parallel; node_tasks.distributed)
     node-tasks compare --dataset synthetic --models ima,hgt-early,hgt-late --seeds 5 [--out DIR]
+    node-tasks tune --dataset synthetic --models ima,hgt-early --grid model.layers=1,2,3 --seeds 2 [--out DIR]
 
 Errors caused by the input (:class:`~imf_kg.errors.ToolkitError`) end in one line on stderr and exit
 status 2, never a traceback (the same convention as ``imf-kg``).
@@ -51,6 +52,27 @@ def _add_compare(sub) -> None:
                         "with that many threads, only faster, e.g. --jobs 2 --threads 1 on two cores")
     _add_threads(p)
     p.set_defaults(func=_run_compare)
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="choose each model's settings from a grid on VALIDATION; writes a config "
+                                    "for compare (test is never evaluated)")
+    p.add_argument("--dataset", default="synthetic", help="synthetic, imdb, or a dataset folder")
+    p.add_argument("--models", required=True, help="comma-separated model names, e.g. ima,hgt-early,hgt-late")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="one axis of the grid, e.g. --grid model.layers=1,2,3 (repeatable; the cells are the "
+                        "product of the axes; values are YAML, brackets optional: model.gate_dropout=[[0.6, 0.5], [0, 0]])")
+    p.add_argument("--seeds", default="2", help="a count N (seeds 0..N-1) or a comma-separated list (default 2)")
+    p.add_argument("--config", default=None,
+                   help="experiment config to tune from (default configs/hgnn_ima/<dataset>.yaml); tuned.yaml "
+                        "names it as its base")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value for every model and cell (repeatable)")
+    p.add_argument("--out", default=None,
+                   help="folder for tuned.yaml and tuning.md/.png/.json (default runs/tune-<dataset>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (as compare)")
+    _add_threads(p)
+    p.set_defaults(func=_run_tune)
 
 
 def _add_threads(p) -> None:
@@ -126,12 +148,34 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _run_tune(args) -> int:
+    from node_tasks.compare import default_config_path, resolve_config
+    from node_tasks.tune import parse_grid, run_tuning
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    axes = [parse_grid(spec) for spec in args.grid]
+    seeds = _parse_seeds(args.seeds)
+    config = resolve_config(args.dataset, args.config, args.overrides)
+    base = Path(args.config) if args.config else default_config_path(args.dataset)
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.dataset).name}"
+    result = run_tuning(args.dataset, models, axes, seeds, config, out, base_path=base,
+                        log=lambda line: print(line, file=sys.stderr, flush=True), jobs=args.jobs,
+                        threads_per_job=args.threads)
+    print(result["table"])
+    print(f"{len(result['records'])} runs in {result['seconds']:.0f}s; "
+          + ", ".join(f"{k}: {v}" for k, v in result["paths"].items()))
+    print(f"next, test once: node-tasks compare --dataset {args.dataset} --config {result['paths']['config']} "
+          f"--models {','.join(models)} --seeds 5")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="node-tasks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     _add_train(sub)
     _add_compare(sub)
+    _add_tune(sub)
     return parser
 
 

@@ -196,32 +196,44 @@ def _train_one(name: str, seed: int, config: NodeExperimentConfig, run_root) -> 
 def _run_parallel(names, seeds, data, config, run_root, jobs, threads_per_job, report) -> Dict[str, List[Dict]]:
     """Train every (model, seed) of ``names`` x ``seeds`` in ``jobs`` spawned worker processes; model -> records
     in seed order. The graph is sent to each worker once; ``report`` sees each record as its run ends."""
+    tasks = [(name, int(seed), config, run_root) for name in names for seed in seeds]
+    results = run_in_workers(_train_one, tasks, data, jobs, threads_per_job, report)
+    by_task = {(task[0], task[1]): record for task, record in zip(tasks, results)}
+    return {name: [by_task[name, int(seed)] for seed in seeds] for name in names}
+
+
+def run_in_workers(worker, tasks: Sequence[tuple], data, jobs: int, threads_per_job: Optional[int],
+                   report) -> List[Dict]:
+    """``worker(*task)`` for every task, in ``jobs`` spawned processes that each hold ``data`` (sent once per
+    worker, read by the worker function from ``_WORKER_DATA``) and run ``threads_per_job`` torch threads
+    (default: the CPU count divided by ``jobs``). Returns the results in task order; ``report`` sees each
+    result as its task ends. A failed task's error is re-raised here, and the tasks not yet started are
+    cancelled."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [(name, int(seed)) for name in names for seed in seeds]
     if not tasks:
-        return {}
+        return []
     results = {}
     # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first parallel op
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(data, threads)) as pool:
-        futures = {pool.submit(_train_one, name, seed, config, run_root): (name, seed) for name, seed in tasks}
+        futures = {pool.submit(worker, *task): i for i, task in enumerate(tasks)}
         try:
             for future in as_completed(futures):
                 results[futures[future]] = report(future.result())
-        except BaseException:  # a failed run (its error is re-raised here) stops the runs not yet started
+        except BaseException:
             for future in futures:
                 future.cancel()
             raise
-    return {name: [results[name, int(seed)] for seed in seeds] for name in names}
+    return [results[i] for i in range(len(tasks))]
 
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
     """Everything that determines a run of ``name``: the model's structure (its module tree, which names
-    every layer's variant, ablation switches and sizes) and the effective loss weights. L_att's weight is
+    every layer's variant, ablation switches and sizes), the model settings and the effective loss weights. L_att's weight is
     dropped when the model masks missing modalities, since L_att is then identically 0. Settings given per model
     (``per_model``) count, and so do the optimiser and training settings."""
     config = config_for_model(config, name)
@@ -229,7 +241,10 @@ def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
     weights = loss_weights_for(ablations, config.loss)
     if getattr(model, "missing_modality", None) == "mask":
         weights = replace(weights, attention=0.0)
-    return f"{nn.Module.__repr__(model)}|{weights}|{config.optim}|{config.train}|{config.mini_batch}"
+    # the model's settings too (less its name, which only picks the ablation, already in the structure): a
+    # module's repr need not show every setting (HGNNIMALayer's leaves out its dropout rate)
+    settings = replace(config.model, name="")
+    return f"{nn.Module.__repr__(model)}|{settings}|{weights}|{config.optim}|{config.train}|{config.mini_batch}"
 
 
 def resolve_config(dataset: str, config_path: Optional[str], overrides: Sequence[str]) -> NodeExperimentConfig:
