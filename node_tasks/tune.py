@@ -262,8 +262,11 @@ def tuned_yaml(tuned: NodeExperimentConfig, base_path: Optional[str | Path], out
     body: Dict[str, Any] = full
     if base_path is not None:
         base = config_to_dict(load_config(base_path, NodeExperimentConfig))
-        relative = os.path.relpath(Path(base_path).resolve(), out_path.resolve().parent)
-        body = {"base": Path(relative).as_posix(), **_difference(base, full)}
+        base_file, folder = Path(base_path).resolve(), out_path.resolve().parent
+        # relative where the two share a folder below the root (a run folder in the project), else absolute
+        shared = os.path.commonpath([base_file, folder]) != base_file.anchor
+        reference = Path(os.path.relpath(base_file, folder)).as_posix() if shared else base_file.as_posix()
+        body = {"base": reference, **_difference(base, full)}
     text = header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return text
 
