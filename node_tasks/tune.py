@@ -233,7 +233,7 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
     seconds = time.perf_counter() - start
     paths = {}
     if out_dir is not None:
-        paths = write_tuning(Path(out_dir), records, rows, models, cells, choices, tuned, config, base_path,
+        paths = write_tuning(Path(out_dir), records, rows, models, cells, choices, tuned, base_path,
                              dataset, seeds, table, seconds)
     return {"records": records, "rows": rows, "cells": cells, "choices": choices, "table": table, "config": tuned,
             "paths": paths, "seconds": seconds}
@@ -288,8 +288,9 @@ def _difference(base: Mapping, new: Mapping) -> Dict[str, Any]:
     return out
 
 
-def write_tuning(out_dir: Path, records, rows, models, cells, choices, tuned, config, base_path, dataset, seeds,
+def write_tuning(out_dir: Path, records, rows, models, cells, choices, tuned, base_path, dataset, seeds,
                  table, seconds) -> Dict[str, Path]:
+    """Write tuned.yaml (checked: it loads back to what every model trains with), tuning.md/.json/.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = out_dir / "tuned.yaml"
     grid = " ".join(f"--grid {k}={','.join(_short(v) for v in values)}" for k, values in _axes_of(cells))
