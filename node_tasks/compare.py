@@ -233,9 +233,9 @@ def run_in_workers(worker, tasks: Sequence[tuple], data, jobs: int, threads_per_
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
     """Everything that determines a run of ``name``: the model's structure (its module tree, which names
-    every layer's variant, ablation switches and sizes), the model settings and the effective loss weights. L_att's weight is
-    dropped when the model masks missing modalities, since L_att is then identically 0. Settings given per model
-    (``per_model``) count, and so do the optimiser and training settings."""
+    every layer's variant, ablation switches and sizes), the model settings and the effective loss weights.
+    L_att's weight is dropped when the model masks missing modalities, since L_att is then identically 0.
+    Settings given per model (``per_model``) count, and so do the optimiser and training settings."""
     config = config_for_model(config, name)
     model, ablations = build_model(name, data, config.model)
     weights = loss_weights_for(ablations, config.loss)
