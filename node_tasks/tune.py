@@ -262,13 +262,17 @@ def tuned_yaml(tuned: NodeExperimentConfig, base_path: Optional[str | Path], out
     body: Dict[str, Any] = full
     if base_path is not None:
         base = config_to_dict(load_config(base_path, NodeExperimentConfig))
-        base_file, folder = Path(base_path).resolve(), out_path.resolve().parent
-        # relative where the two share a folder below the root (a run folder in the project), else absolute
-        shared = os.path.commonpath([base_file, folder]) != base_file.anchor
-        reference = Path(os.path.relpath(base_file, folder)).as_posix() if shared else base_file.as_posix()
+        reference = base_reference(Path(base_path).resolve(), out_path.resolve().parent)
         body = {"base": reference, **_difference(base, full)}
     text = header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return text
+
+
+def base_reference(base_file: Path, folder: Path) -> str:
+    """How a file in ``folder`` names ``base_file`` (both absolute): relative where the two share a folder below
+    the root (a run folder inside the project), else the absolute path."""
+    shared = os.path.commonpath([base_file, folder]) != base_file.anchor
+    return Path(os.path.relpath(base_file, folder)).as_posix() if shared else base_file.as_posix()
 
 
 def _difference(base: Mapping, new: Mapping) -> Dict[str, Any]:

@@ -12,7 +12,7 @@ from imf_kg.config import load_config
 from imf_kg.errors import ConfigError
 from node_tasks.cli import main
 from node_tasks.train import NodeClassificationTask, NodeExperimentConfig, config_for_model
-from node_tasks.tune import choose, grid_cells, parse_grid, run_tuning, with_cell
+from node_tasks.tune import base_reference, choose, grid_cells, parse_grid, run_tuning, with_cell
 
 SMALL = ("dataset: synthetic\n"
          "data_options: {seed: 0, nodes: {paper: 90, author: 60, venue: 6}, feature_dim: 8}\n"
@@ -158,3 +158,11 @@ def test_per_model_dropout_is_not_mistaken_for_the_same_run(small):
     assert training_fingerprint("ima", data, config) == training_fingerprint("ima-latt", data, config)
     other = replace(config, per_model={"ima-latt": {"model": {"dropout": 0.5}}})
     assert training_fingerprint("ima", data, other) != training_fingerprint("ima-latt", data, other)
+
+
+def test_tuned_yaml_names_its_base_relatively_inside_one_tree_and_absolutely_across_trees():
+    from pathlib import Path
+
+    base = Path("/work/project/configs/hgnn_ima/synthetic.yaml")
+    assert base_reference(base, Path("/work/project/runs/tune-synthetic")) == "../../configs/hgnn_ima/synthetic.yaml"
+    assert base_reference(base, Path("/tmp/out")) == "/work/project/configs/hgnn_ima/synthetic.yaml"
