@@ -13,7 +13,6 @@ Model selection uses validation only; the test split is evaluated once, on the s
 from __future__ import annotations
 
 import dataclasses
-import io
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from imf_kg.config import config_to_dict, load_config, save_config
 from imf_kg.data import KnowledgeGraph, load_kg
 from imf_kg.errors import ConfigError, RunDirExistsError, ToolkitError
-from imf_kg.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from imf_kg.io import atomic_write_figure, atomic_write_json, atomic_write_text
 from imf_kg.models.imf import IMF, IMFConfig, STRUCTURE
 from imf_kg.training import OneToNTask, TrainConfig, Trainer, is_main_process, resolve_device, seed_everything
 from imf_kg.training import distributed
@@ -354,10 +353,8 @@ def _plot_mrr(outputs: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def config_dict(cfg: ExperimentConfig) -> dict:

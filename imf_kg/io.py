@@ -48,6 +48,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_figure(path: str | Path, figure: Any, **savefig: Any) -> Path:
+    """A matplotlib figure as a PNG, written atomically (``savefig``: e.g. ``dpi``). Closing it is the caller's."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **savefig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 

@@ -7,14 +7,13 @@ with error bars, and a JSON file with the records and the rows. Files are writte
 
 from __future__ import annotations
 
-import io
 import math
 import textwrap
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from imf_kg.errors import ToolkitError
-from imf_kg.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from imf_kg.io import atomic_write_figure, atomic_write_json, atomic_write_text
 
 
 def summarise(records: Sequence[Mapping], group_key: str = "method", metrics: Sequence[str] = ("micro_f1", "macro_f1")) -> List[dict]:
@@ -115,11 +114,9 @@ def bar_chart(rows: Sequence[Mapping], metrics: Sequence[str] | str, path: str |
         if title:
             ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
+        return atomic_write_figure(path, fig, dpi=120)
     finally:
         plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _finite(value) -> float:

@@ -6,11 +6,10 @@ imported) and it works on machines without a display.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
-from imf_kg.io import atomic_write_bytes
+from imf_kg.io import atomic_write_figure
 
 VALID_PREFIX = "valid/"
 
@@ -56,9 +55,7 @@ def plot_training_curve(history: list[dict], path: str | Path, metric: str, max_
     if metric_axis.get_legend_handles_labels()[0]:
         metric_axis.legend(fontsize="small")
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_figure(path, figure)
 
 
 def _finite(value) -> bool:
