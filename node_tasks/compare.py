@@ -125,12 +125,7 @@ def run_comparison(dataset: str, models: Sequence[str], seeds: Sequence[int], co
         run_root = None
         if out_dir is not None and keep_runs:
             run_root = Path(out_dir) / "runs" / ("" if graph is None else f"graph{graph}")
-        trained: Dict[str, str] = {}  # training fingerprint -> the first model name trained with it
-        plan = []  # (model, None) to train, or (model, source) to reuse source's records
-        for name in models:
-            fingerprint = training_fingerprint(name, data, config)
-            plan.append((name, trained.get(fingerprint)))
-            trained.setdefault(fingerprint, name)
+        plan = reuse_plan(models, lambda name: training_fingerprint(name, data, config))
         to_train = [name for name, source in plan if source is None]
         if jobs == 1:
             done = {}
@@ -229,6 +224,18 @@ def run_in_workers(worker, tasks: Sequence[tuple], data, jobs: int, threads_per_
                 future.cancel()
             raise
     return [results[i] for i in range(len(tasks))]
+
+
+def reuse_plan(keys: Sequence, fingerprint) -> List[tuple]:
+    """``[(key, source), ...]``: ``source`` is the first earlier key with the same ``fingerprint(key)``, whose runs
+    ``key`` reuses (provably the same computation), or None where ``key`` must be trained."""
+    first: Dict[str, object] = {}
+    plan = []
+    for key in keys:
+        mark = fingerprint(key)
+        plan.append((key, first.get(mark)))
+        first.setdefault(mark, key)
+    return plan
 
 
 def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:

@@ -33,8 +33,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from imf_kg.config import config_to_dict, load_config, parse_override
+from imf_kg.config_files import merge_sections
 from imf_kg.errors import ConfigError
-from imf_kg.io import atomic_write_json, atomic_write_text
+from imf_kg.io import atomic_write_figure, atomic_write_json, atomic_write_text
 
 from node_tasks.train import MODELS, NodeExperimentConfig, config_for_model
 
@@ -96,18 +97,10 @@ def _nested(cell: Cell) -> Dict[str, Any]:
     return out
 
 
-def _merge(base: Mapping, own: Mapping) -> Dict[str, Any]:
-    merged = dict(base)
-    for key, value in own.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) \
-            else value
-    return merged
-
-
 def with_cell(config: NodeExperimentConfig, name: str, cell: Cell) -> NodeExperimentConfig:
     """``config`` with ``cell`` laid over model ``name``'s ``per_model`` entry, checked: what ``name`` trains
     with on that cell (a key that cannot be set per model, such as the data, is a :class:`ConfigError`)."""
-    entry = _merge(config.per_model.get(name, {}), _nested(cell))
+    entry = merge_sections(config.per_model.get(name, {}), _nested(cell))
     tuned = replace(config, per_model={**config.per_model, name: entry})
     try:
         config_for_model(tuned, name)
@@ -119,7 +112,7 @@ def with_cell(config: NodeExperimentConfig, name: str, cell: Cell) -> NodeExperi
 def choose(rows: Sequence[Mapping], cells: Sequence[Cell]) -> Dict[str, int]:
     """model -> index of its chosen cell: the highest mean validation Macro-F1, the first cell on an exact tie.
     ``rows`` are :func:`summarise_tuning` rows (``method``, ``cell``, ``val_macro_f1_mean``)."""
-    best: Dict[str, int] = {}
+    best: Dict[str, Tuple[int, float]] = {}
     for row in sorted(rows, key=lambda r: r["cell"]):
         score = row[f"{SELECTION}_mean"]
         if math.isnan(score):
@@ -151,16 +144,15 @@ def _validate_one(name: str, seed: int, config: NodeExperimentConfig, cell: int)
 
 
 def _validation_record(name: str, seed: int, config: NodeExperimentConfig, cell: int, data) -> Dict:
-    from node_tasks.train import train_selected
+    from node_tasks.train import _cost, train_selected
 
     with tempfile.TemporaryDirectory(prefix="node-tasks-tune-") as scratch:
         trained = train_selected(replace(config, model=replace(config.model, name=name)), data,
                                  Path(scratch) / "run", seed=seed, draw_curve=False)
     result = trained.result
-    epochs = sorted(r.get("train_time_s", 0.0) + r.get("valid_time_s", 0.0) for r in result.history)
     return {"method": name, "cell": cell, "seed": trained.seed, "best_epoch": result.best_epoch,
             **{f"val_{k}": v for k, v in result.best_metrics.items()}, "seconds": trained.seconds,
-            "epoch_s": epochs[len(epochs) // 2] if epochs else math.nan}
+            **_cost(result.history, trained.model)}
 
 
 def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Sequence[Any]]],
@@ -178,7 +170,7 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
     Returns {"records", "rows", "cells", "choices" (model -> cell index), "table", "config" (the tuned
     config), "paths", "seconds"}.
     """
-    from node_tasks.compare import load_dataset, run_in_workers, training_fingerprint
+    from node_tasks.compare import load_dataset, reuse_plan, run_in_workers, training_fingerprint
 
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -194,12 +186,9 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
     configs = {(name, i): with_cell(config, name, cell) for name in models for i, cell in enumerate(cells)}
     start = time.perf_counter()
     data = load_dataset(dataset, config.data_options)
-    plan, first = [], {}  # (name, cell, source or None): a provably identical run is trained once
-    for (name, i), tuned in configs.items():
-        fingerprint = training_fingerprint(name, data, tuned)
-        plan.append((name, i, first.get(fingerprint)))
-        first.setdefault(fingerprint, (name, i))
-    tasks = [(name, int(seed), configs[name, i], i) for name, i, source in plan if source is None for seed in seeds]
+    # ((name, cell), source or None): a provably identical run is trained once
+    plan = reuse_plan(list(configs), lambda key: training_fingerprint(key[0], data, configs[key]))
+    tasks = [(name, int(seed), configs[name, i], i) for (name, i), source in plan if source is None for seed in seeds]
     log(f"tuning {len(models)} model(s) on {len(cells)} cell(s) x {len(seeds)} seed(s): {len(tasks)} runs "
         f"(validation only; test is never evaluated)")
 
@@ -214,7 +203,7 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
         trained = run_in_workers(_validate_one, tasks, data, jobs, threads_per_job, report)
     done = {(r["method"], r["cell"], r["seed"]): r for r in trained}
     records = []
-    for name, i, source in plan:
+    for (name, i), source in plan:
         for seed in seeds:
             if source is None:
                 records.append(done[name, i, int(seed)])
@@ -233,7 +222,7 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
     seconds = time.perf_counter() - start
     paths = {}
     if out_dir is not None:
-        paths = write_tuning(Path(out_dir), records, rows, models, cells, choices, tuned, base_path,
+        paths = write_tuning(Path(out_dir), records, rows, models, axes, cells, choices, tuned, base_path,
                              dataset, seeds, table, seconds)
     return {"records": records, "rows": rows, "cells": cells, "choices": choices, "table": table, "config": tuned,
             "paths": paths, "seconds": seconds}
@@ -264,8 +253,7 @@ def tuned_yaml(tuned: NodeExperimentConfig, base_path: Optional[str | Path], out
         base = config_to_dict(load_config(base_path, NodeExperimentConfig))
         reference = base_reference(Path(base_path).resolve(), out_path.resolve().parent)
         body = {"base": reference, **_difference(base, full)}
-    text = header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return text
+    return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def base_reference(base_file: Path, folder: Path) -> str:
@@ -292,12 +280,12 @@ def _difference(base: Mapping, new: Mapping) -> Dict[str, Any]:
     return out
 
 
-def write_tuning(out_dir: Path, records, rows, models, cells, choices, tuned, base_path, dataset, seeds,
+def write_tuning(out_dir: Path, records, rows, models, axes, cells, choices, tuned, base_path, dataset, seeds,
                  table, seconds) -> Dict[str, Path]:
     """Write tuned.yaml (checked: it loads back to what every model trains with), tuning.md/.json/.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = out_dir / "tuned.yaml"
-    grid = " ".join(f"--grid {k}={','.join(_short(v) for v in values)}" for k, values in _axes_of(cells))
+    grid = " ".join(f"--grid {k}={','.join(_short(v) for v in values)}" for k, values in axes)
     header = (f"# Written by node-tasks tune ({time.strftime('%Y-%m-%d')}): each model's cell of the grid\n"
               f"#   {grid}\n"
               f"# chosen on VALIDATION Macro-F1 (mean over seeds {list(seeds)}); the test split was not evaluated.\n"
@@ -312,7 +300,7 @@ def write_tuning(out_dir: Path, records, rows, models, cells, choices, tuned, ba
     atomic_write_text(out_dir / "tuning.md", table + "\n")
     atomic_write_json(out_dir / "tuning.json", {
         "dataset": dataset, "models": list(models), "seeds": list(seeds),
-        "grid": [[k, list(values)] for k, values in _axes_of(cells)],
+        "grid": [[k, list(values)] for k, values in axes],
         "cells": [dict(c) for c in cells], "selection": f"highest mean {SELECTION}; the first cell on a tie",
         "choices": {m: {"cell": choices[m], "settings": dict(cells[choices[m]])} for m in models},
         "rows": rows, "records": list(records), "seconds": seconds})
@@ -321,25 +309,11 @@ def write_tuning(out_dir: Path, records, rows, models, cells, choices, tuned, ba
     return {"config": yaml_path, "table": out_dir / "tuning.md", "records": out_dir / "tuning.json", "plot": plot}
 
 
-def _axes_of(cells: Sequence[Cell]) -> List[Tuple[str, List[Any]]]:
-    axes = []
-    for position, (key, _) in enumerate(cells[0]):
-        values = []
-        for cell in cells:
-            if cell[position][1] not in values:
-                values.append(cell[position][1])
-        axes.append((key, values))
-    return axes
-
-
 def _plot(rows, models, cells, choices, path: Path, dataset: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from imf_kg.io import atomic_write_bytes
-    import io
 
     by = {(r["method"], r["cell"]): r for r in rows}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cells) + 3), 4.0))
@@ -355,7 +329,5 @@ def _plot(rows, models, cells, choices, path: Path, dataset: str) -> None:
     ax.set_title(f"{Path(dataset).name}: tuning on validation (star: chosen cell)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_figure(path, fig, dpi=120)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
