@@ -201,6 +201,25 @@ def test_every_file_writer_goes_through_the_atomic_helpers():
     assert not offenders, "direct file writes:\n" + "\n".join(offenders)
 
 
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    """mkstemp creates 0600; results must be readable as any file the user writes (umask), and a rewrite keeps
+    the mode the user gave the file."""
+    from imf_kg.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        fresh = atomic_write_text(tmp_path / "table.md", "a\n")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert atomic_write_text(tmp_path / "private.md", "b\n").stat().st_mode & 0o777 == 0o600
+        fresh.chmod(0o640)
+        atomic_write_text(fresh, "c\n")
+        assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_text() == "c\n"
+    finally:
+        os.umask(old)
+
+
 # ------------------------------------------------------------------------------------------ run folder
 def test_existing_run_folder_is_refused_without_overwrite(tmp_path, capsys):
     from imf_kg.cli import run as imf_kg
