@@ -249,7 +249,7 @@ def training_fingerprint(name: str, data, config: NodeExperimentConfig) -> str:
     if getattr(model, "missing_modality", None) == "mask":
         weights = replace(weights, attention=0.0)
     # the model's settings too (less its name, which only picks the ablation, already in the structure): a
-    # module's repr need not show every setting (HGNNIMALayer's leaves out its dropout rate)
+    # module's repr need not show every setting (a custom __repr__ may leave one out)
     settings = replace(config.model, name="")
     return f"{nn.Module.__repr__(model)}|{settings}|{weights}|{config.optim}|{config.train}|{config.mini_batch}"
 

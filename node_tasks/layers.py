@@ -355,6 +355,7 @@ class HGNNIMALayer(nn.Module):
         # cross_modal as it acts: with at most one modality shared across every edge type lambda is 1
         # either way, so the -cross ablation is then the same computation (compare reuses its runs)
         return (f"{self.__class__.__name__}({self.hidden}, heads={self.heads}, variant={self.variant!r}, "
+                f"dropout={self.dropout.p}, use_norm={self.use_norm}, "
                 f"cross_modal={self.cross_modal and len(self.w_mod) > 0}, alignment={self.alignment}, "
                 f"missing_modality={self.missing_modality!r}, final_attention={self.final_attention!r}, "
                 f"temperature={self.temperature}, edge_types={len(self.edge_types)})")

@@ -207,6 +207,16 @@ def test_bad_layer_arguments_raise_config_error():
         HGNNIMALayer(8, (["a"], [("a", "r", "a")]), {"a": ["text"]}, heads=2, variant="poster")
 
 
+def test_layer_repr_names_every_setting_that_changes_the_computation():
+    """The repr is what a reader sees of a model (and part of compare's run fingerprint): two layers that
+    compute differently must not print alike."""
+    meta, mods = (["a"], [("a", "r", "a")]), {"a": ["text"]}
+    base = repr(HGNNIMALayer(8, meta, mods, heads=2))
+    assert "dropout=0.2" in base and "use_norm=True" in base
+    assert repr(HGNNIMALayer(8, meta, mods, heads=2, dropout=0.5)) != base
+    assert repr(HGNNIMALayer(8, meta, mods, heads=2, use_norm=False)) != base
+
+
 def test_temperature_scales_g_in_alpha_and_gamma_only():
     """T multiplies g where alpha and gamma read it (spec 3.3-3.7): alpha at T equals the softmax of T * g
     computed from the T=1 run; lambda (no temperature in the spec) is unchanged."""
