@@ -18,7 +18,8 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _target_mode(path))  # mkstemp creates 0600; give the file the mode open() would
+        if hasattr(os, "fchmod"):  # POSIX (Windows has it from Python 3.13); mkstemp creates 0600
+            os.fchmod(fd, _target_mode(path))  # give the file the mode a plain open() would
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
