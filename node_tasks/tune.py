@@ -109,7 +109,7 @@ def with_cell(config: NodeExperimentConfig, name: str, cell: Cell) -> NodeExperi
     return tuned
 
 
-def choose(rows: Sequence[Mapping], cells: Sequence[Cell]) -> Dict[str, int]:
+def choose(rows: Sequence[Mapping]) -> Dict[str, int]:
     """model -> index of its chosen cell: the highest mean validation Macro-F1, the first cell on an exact tie.
     ``rows`` are :func:`summarise_tuning` rows (``method``, ``cell``, ``val_macro_f1_mean``)."""
     best: Dict[str, Tuple[int, float]] = {}
@@ -211,7 +211,7 @@ def run_tuning(dataset: str, models: Sequence[str], axes: Sequence[Tuple[str, Se
                 records.append(dict(done[source[0], source[1], int(seed)], method=name, cell=i,
                                     same_as=f"{source[0]} on {cell_label(cells[source[1]])}"))
     rows = summarise_tuning(records)
-    choices = choose(rows, cells)
+    choices = choose(rows)
     missing = [m for m in models if m not in choices]
     if missing:
         raise ConfigError(f"no validation score for {missing} on any cell; nothing to choose from")
